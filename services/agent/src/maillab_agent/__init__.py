@@ -1,0 +1,1 @@
+"""maillab's agent: the CLI that puts mail into the lab."""

@@ -1,0 +1,31 @@
+"""The agent's settings from MAILLAB_* environment variables; flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from maillab_common.settings import env_float, env_str, parse_host_port
+
+DEFAULT_SMTP_PORT = 2525
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str = "localhost:2525"  # HOST:PORT; compose sets server:2525
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentConfig:
+        env = os.environ if env is None else env
+        config = cls(
+            server=env_str(env, "MAILLAB_SERVER", cls.server),
+            timeout=env_float(env, "MAILLAB_TIMEOUT", cls.timeout, minimum=0.1),
+        )
+        config.server_address()  # fail at start-up, not at the first connection
+        return config
+
+    def server_address(self, override: str | None = None) -> tuple[str, int]:
+        name = "--server" if override else "MAILLAB_SERVER"
+        return parse_host_port(override or self.server, name=name, default_port=DEFAULT_SMTP_PORT)

@@ -1,0 +1,249 @@
+"""Building the messages the agent sends: pure functions, no sockets.
+
+`build_message` makes one message from what a user typed; `batch_messages` makes a
+reproducible batch of test messages from a seed, each with attachments of varied types.
+Every value that reaches a header or an SMTP command is checked here for CR and LF first:
+a line break there would inject headers or commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
+
+DEFAULT_DOMAINS = ("alpha.test", "beta.test", "gamma.test")
+DEFAULT_SENDER = "agent@maillab.test"
+_SIZE = re.compile(r"\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+
+
+class UnsafeInput(ValueError):
+    """A value that would put a line break into a header or an SMTP command."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def manifest_entry(self) -> dict[str, object]:
+        return {"filename": self.filename, "content_type": self.content_type, "size": len(self.data),
+                "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message ready for the wire, with its envelope."""
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    subject: str
+    message_id: str
+    attachments: tuple[Attachment, ...]
+    data: bytes  # the message as sent, CRLF line endings
+
+    def manifest_entry(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "mail_from": self.mail_from,
+            "rcpt_tos": list(self.rcpt_tos),
+            "subject": self.subject,
+            "size": len(self.data),
+            "attachments": [attachment.manifest_entry() for attachment in self.attachments],
+        }
+
+
+def require_single_line(value: str, what: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise UnsafeInput(f"{what} must not contain a line break (CR or LF): {value!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'100KiB', '2M', '512' (bytes) -> a byte count."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 512, 100KiB or 2MiB")
+    return int(match[1]) * _SIZE_UNITS[(match[2] or "").lower()]
+
+
+def build_message(
+    *,
+    mail_from: str,
+    to: Sequence[str],
+    subject: str,
+    body: str,
+    cc: Sequence[str] = (),
+    bcc: Sequence[str] = (),
+    html_body: str | None = None,
+    attachments: Sequence[Attachment] = (),
+    headers: Iterable[tuple[str, str]] = (),
+    message_id: str,
+    boundary_seed: str | None = None,
+) -> Outgoing:
+    for address in (mail_from, *to, *cc, *bcc):
+        require_single_line(address, "an address")
+    require_single_line(subject, "the subject")
+    message = EmailMessage(policy=SMTP)
+    message["From"] = mail_from
+    if to:
+        message["To"] = ", ".join(to)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    message["Subject"] = subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = message_id
+    for name, value in headers:
+        require_single_line(name, "a header name")
+        require_single_line(value, "a header value")
+        message[name] = value
+    message.set_content(body)
+    if html_body is not None:
+        message.add_alternative(html_body, subtype="html")
+    for attachment in attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        message.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename)
+    if boundary_seed is not None:
+        # Fixed boundaries make the same seed give the same bytes.
+        for number, part in enumerate(part for part in message.walk() if part.is_multipart()):
+            part.set_boundary(f"=_maillab_{boundary_seed}_{number}")
+    return Outgoing(
+        mail_from=mail_from,
+        rcpt_tos=(*to, *cc, *bcc),
+        subject=subject,
+        message_id=message_id,
+        attachments=tuple(attachments),
+        data=message.as_bytes(),
+    )
+
+
+def batch_messages(
+    *,
+    seed: int,
+    count: int,
+    attachments: int,
+    attachment_size: int = 8 * 1024,
+    domains: Sequence[str] = DEFAULT_DOMAINS,
+    recipients_per_message: int = 1,
+    mail_from: str = DEFAULT_SENDER,
+) -> list[Outgoing]:
+    """`count` test messages; the same arguments always give the same messages."""
+    rng = random.Random(seed)
+    messages = []
+    for index in range(count):
+        recipients = [
+            f"user{rng.randrange(1000)}@{domains[(index + offset) % len(domains)]}"
+            for offset in range(recipients_per_message)
+        ]
+        files = tuple(
+            make_attachment(rng, kind=(index + number) % len(ATTACHMENT_KINDS), number=number, size=attachment_size)
+            for number in range(attachments)
+        )
+        messages.append(
+            build_message(
+                mail_from=mail_from,
+                to=recipients,
+                subject=f"maillab batch {seed} message {index + 1} of {count}",
+                body=_words(rng, 40) + "\n",
+                attachments=files,
+                message_id=f"<batch-{seed}-{index + 1}@maillab-agent.test>",
+                boundary_seed=f"{seed}_{index + 1}",
+            )
+        )
+    return messages
+
+
+def make_attachment(rng: random.Random, *, kind: int, number: int, size: int) -> Attachment:
+    content_type, extension, make = ATTACHMENT_KINDS[kind]
+    return Attachment(filename=f"attachment-{number + 1}.{extension}", content_type=content_type,
+                      data=make(rng, max(size, 1)))
+
+
+_WORDS = ("mail", "lab", "smtp", "domain", "forward", "inspector", "agent", "server", "batch", "test")
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(count))
+
+
+def _text(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        line = _words(rng, 10) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def _csv(rng: random.Random, size: int) -> bytes:
+    rows = ["id,value,label\n"]
+    total = len(rows[0])
+    while total < size:
+        row = f"{len(rows)},{rng.random():.6f},{rng.choice(_WORDS)}\n"
+        rows.append(row)
+        total += len(row)
+    return "".join(rows).encode()
+
+
+def _png(rng: random.Random, size: int) -> bytes:
+    """A valid grey-scale PNG of about `size` bytes (stored uncompressed)."""
+    width = 64
+    height = max(1, size // (width + 1))
+    raw = b"".join(b"\x00" + rng.randbytes(width) for _ in range(height))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0))
+            + chunk(b"IEND", b""))
+
+
+def _pdf(rng: random.Random, size: int) -> bytes:
+    """A small valid one-page PDF whose content stream is padded to about `size` bytes."""
+    text = _words(rng, 8)
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET\n".encode()
+    stream += b"%" + rng.randbytes(max(0, size - len(stream))).hex().encode()[: max(0, size - len(stream) - 2)] + b"\n"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"endstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _binary(rng: random.Random, size: int) -> bytes:
+    return rng.randbytes(size)
+
+
+ATTACHMENT_KINDS = (
+    ("text/plain", "txt", _text),
+    ("text/csv", "csv", _csv),
+    ("image/png", "png", _png),
+    ("application/pdf", "pdf", _pdf),
+    ("application/octet-stream", "bin", _binary),
+)

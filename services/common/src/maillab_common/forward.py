@@ -1,0 +1,193 @@
+"""The forward-file format: the contract between the server and the inspector.
+
+A forward file (`/forward/<domain>`) is an mbox file: one record per message per
+recipient domain, mboxrd-escaped, LF line endings, readable by mutt and Python's
+`mailbox.mbox`. Each record carries an `X-Maillab-Length` trace header that gives the
+exact byte length of the stored message, so a reader can tell a complete record from a
+torn one. docs/forward-format.md describes the same bytes in prose.
+
+Everything here is pure: bytes in, values out. Only the server's store writes these
+files and only the inspector's tail reads them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+
+LENGTH_HEADER = "X-Maillab-Length"
+NULL_SENDER_FROM_LINE = "MAILER-DAEMON"
+
+# The trace block (From line up to and including the length header) of a valid record
+# is far smaller than this; past it, unparseable bytes are damage, not a record in the
+# middle of being read.
+MAX_TRACE_BYTES = 256 * 1024
+# Where damage has no record after it yet, hold back this much: it may be the start of
+# the "\nFrom " that ends the damage.
+_RESYNC_TAIL = len(b"\nFrom ") - 1
+
+_FROM_LINE_ESCAPE = re.compile(rb"^(>*From )", re.MULTILINE)
+_FROM_LINE_UNESCAPE = re.compile(rb"^>(>*From )", re.MULTILINE)
+_LENGTH_LINE = ("\n" + LENGTH_HEADER + ": ").encode()
+_TRACE = re.compile(
+    rb"From [^\n]*\n"
+    rb"Return-Path: <(?P<mail_from>[^\n]*)>\n"
+    rb"(?P<rcpts>(?:Delivered-To: [^\n]*\n)*)"
+    rb"Received: from (?P<helo>[^\n]*) \((?P<peer>[^\n()]*)\)\n"
+    rb"\tby (?P<server>[^\n ]+) \(maillab\) with (?P<proto>ESMTPS?) id (?P<txid>[^\n;]+);\n"
+    rb"\t(?P<date>[^\n]+)\n"
+    + _LENGTH_LINE[1:]
+    + rb"(?P<length>[0-9]{1,12})\n"
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message as stored in one domain's forward file."""
+
+    mail_from: str  # "" for the null sender <>
+    rcpt_tos: tuple[str, ...]  # the recipients of this domain only
+    received_at: datetime  # UTC, whole seconds
+    transaction_id: str
+    helo: str
+    peer: str
+    server_name: str
+    tls: bool
+    message: bytes  # as stored: LF line endings, unescaped
+
+
+@dataclass(frozen=True)
+class Record:
+    """A complete record found at `offset` in a forward file, `length` bytes long."""
+
+    offset: int
+    length: int
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """Bytes at `offset` that are not a valid record (hand edits, a repaired crash)."""
+
+    offset: int
+    length: int
+    reason: str
+
+
+def to_mbox_line_endings(message: bytes) -> bytes:
+    """The message with CRLF turned into LF and a final newline, as mbox stores it."""
+    text = message.replace(b"\r\n", b"\n")
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    return text
+
+
+def render_record(delivery: Delivery) -> bytes:
+    """The bytes to append to a forward file for one delivery."""
+    body = _FROM_LINE_ESCAPE.sub(rb">\1", to_mbox_line_endings(delivery.message))
+    received_at = delivery.received_at.astimezone(timezone.utc)
+    sender = delivery.mail_from.replace(" ", "_") or NULL_SENDER_FROM_LINE
+    protocol = "ESMTPS" if delivery.tls else "ESMTP"
+    lines = [
+        f"From {sender} {time.asctime(received_at.timetuple())}",
+        f"Return-Path: <{delivery.mail_from}>",
+        *(f"Delivered-To: {rcpt}" for rcpt in delivery.rcpt_tos),
+        f"Received: from {delivery.helo} ({delivery.peer})",
+        f"\tby {delivery.server_name} (maillab) with {protocol} id {delivery.transaction_id};",
+        f"\t{format_datetime(received_at)}",
+        f"{LENGTH_HEADER}: {len(body)}",
+    ]
+    # The blank line after the body ends the record, as mbox requires.
+    return ("\n".join(lines) + "\n").encode("utf-8") + body + b"\n"
+
+
+def parse_records(buf: bytes, offset: int = 0) -> tuple[list[Record | Damaged], bytes]:
+    """Parse the records at the start of `buf`, which begins at `offset` in its file.
+
+    Returns what could be parsed, complete records and damaged stretches in file order,
+    and the leftover bytes: an incomplete record at the end, to be parsed again once
+    more bytes have arrived (or, after a crash, a torn tail for the server to cut off).
+    """
+    items: list[Record | Damaged] = []
+    pos = 0
+    while pos < len(buf):
+        if not buf.startswith(b"From ", pos):
+            if len(buf) - pos < len(b"From ") and b"From ".startswith(buf[pos:]):
+                break
+            nxt = _next_record_start(buf, pos)
+            if nxt is None:
+                end = len(buf) - _RESYNC_TAIL
+                if end > pos:
+                    items.append(Damaged(offset + pos, end - pos, "not the start of a record"))
+                    pos = end
+                break
+            items.append(Damaged(offset + pos, nxt - pos, "not the start of a record"))
+            pos = nxt
+            continue
+        parsed = _parse_one(buf, pos, offset)
+        if parsed is None:
+            break
+        items.append(parsed)
+        pos += parsed.length
+    return items, buf[pos:]
+
+
+def _next_record_start(buf: bytes, pos: int) -> int | None:
+    found = buf.find(b"\nFrom ", pos)
+    return None if found == -1 else found + 1
+
+
+def _parse_one(buf: bytes, pos: int, offset: int) -> Record | Damaged | None:
+    """The record or damage at `pos`, or None when `buf` ends before it does."""
+    length_line = buf.find(_LENGTH_LINE, pos, pos + MAX_TRACE_BYTES)
+    trace_end = -1 if length_line == -1 else buf.find(b"\n", length_line + 1, pos + MAX_TRACE_BYTES)
+    if trace_end == -1:
+        if len(buf) - pos < MAX_TRACE_BYTES:
+            return None
+        return _damage(buf, pos, offset, "no length header in the trace block")
+    trace_end += 1
+    match = _TRACE.fullmatch(buf, pos, trace_end)
+    if match is None:
+        return _damage(buf, pos, offset, "malformed trace headers")
+    body_end = trace_end + int(match["length"])
+    if len(buf) < body_end + 1:
+        # Unless the length runs over the start of a later record, the rest is yet to come.
+        nxt = _next_record_start(buf, trace_end)
+        if nxt is None:
+            return None
+        return _damage(buf, pos, offset, "shorter than its length header says")
+    ends_cleanly = buf[body_end - 1 : body_end + 1] == b"\n\n"
+    if not ends_cleanly or buf.find(b"\nFrom ", trace_end, body_end) != -1:
+        return _damage(buf, pos, offset, "the length header does not match the record")
+    try:
+        delivery = _delivery(match, buf[trace_end:body_end])
+    except ValueError as exc:  # includes UnicodeDecodeError
+        return _damage(buf, pos, offset, f"unreadable trace headers: {exc}")
+    return Record(offset=offset + pos, length=body_end + 1 - pos, delivery=delivery)
+
+
+def _damage(buf: bytes, pos: int, offset: int, reason: str) -> Damaged:
+    nxt = _next_record_start(buf, pos + 1)
+    end = len(buf) if nxt is None else nxt
+    return Damaged(offset + pos, end - pos, reason)
+
+
+def _delivery(match: re.Match[bytes], body: bytes) -> Delivery:
+    rcpts = match["rcpts"].decode("utf-8").splitlines()
+    received_at = parsedate_to_datetime(match["date"].decode("ascii"))
+    if received_at.tzinfo is None:
+        raise ValueError("the Received date has no time zone")
+    return Delivery(
+        mail_from=match["mail_from"].decode("utf-8"),
+        rcpt_tos=tuple(line.removeprefix("Delivered-To: ") for line in rcpts),
+        received_at=received_at.astimezone(timezone.utc),
+        transaction_id=match["txid"].decode("ascii"),
+        helo=match["helo"].decode("utf-8"),
+        peer=match["peer"].decode("ascii"),
+        server_name=match["server"].decode("ascii"),
+        tls=match["proto"] == b"ESMTPS",
+        message=_FROM_LINE_UNESCAPE.sub(rb"\1", body),
+    )

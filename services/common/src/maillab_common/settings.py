@@ -1,0 +1,71 @@
+"""Reading MAILLAB_* environment variables into typed values, with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class ConfigError(ValueError):
+    """A MAILLAB_* setting has a value the service cannot use."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}{upper}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
+def parse_host_port(value: str, *, name: str, default_port: int) -> tuple[str, int]:
+    """Split 'host:port' (or '[v6]:port', or a bare host) into its parts."""
+    text = value.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        closing = text.find("]")
+        if closing == -1:
+            raise ConfigError(f"{name}={value!r}: missing ']' after the IPv6 address")
+        host, rest = text[1:closing], text[closing + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{name}={value!r} is not HOST:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not host:
+        raise ConfigError(f"{name}={value!r} has no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{name}={value!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)

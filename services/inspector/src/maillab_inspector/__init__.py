@@ -1,0 +1,1 @@
+"""maillab's inspector: it shows what the lab received."""

@@ -1,0 +1,29 @@
+"""The inspector's settings from MAILLAB_* environment variables; flags override them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from maillab_common.settings import env_choice, env_float, env_str
+
+
+@dataclass(frozen=True)
+class InspectorConfig:
+    forward_dir: Path = Path("/forward")
+    # A full sweep of the folder at this interval catches whatever file events were missed.
+    sweep_interval: float = 1.0
+    ready_file: Path = Path("/tmp/maillab-inspector.ready")
+    output: str = "text"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> InspectorConfig:
+        env = os.environ if env is None else env
+        return cls(
+            forward_dir=Path(env_str(env, "MAILLAB_FORWARD_DIR", str(cls.forward_dir))),
+            sweep_interval=env_float(env, "MAILLAB_SWEEP_INTERVAL", cls.sweep_interval, minimum=0.05),
+            ready_file=Path(env_str(env, "MAILLAB_READY_FILE", str(cls.ready_file))),
+            output=env_choice(env, "MAILLAB_OUTPUT", cls.output, ("text", "json")),
+        )

@@ -1,0 +1,1 @@
+"""maillab's ESMTP server: it accepts mail and stores it in per-domain forward files."""

@@ -1,0 +1,40 @@
+"""The server's settings, read once at start-up from MAILLAB_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from maillab_common.settings import env_choice, env_float, env_int, env_str
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen_host: str = "0.0.0.0"
+    port: int = 2525
+    hostname: str = "maillab.test"  # the name in the greeting and Received headers
+    forward_dir: Path = Path("/forward")
+    max_message_size: int = 32 * 1024 * 1024
+    max_recipients: int = 100
+    idle_timeout: float = 300.0
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
+        env = os.environ if env is None else env
+        return cls(
+            listen_host=env_str(env, "MAILLAB_LISTEN_HOST", cls.listen_host),
+            port=env_int(env, "MAILLAB_SMTP_PORT", cls.port, minimum=1, maximum=65535),
+            hostname=env_str(env, "MAILLAB_HOSTNAME", cls.hostname),
+            forward_dir=Path(env_str(env, "MAILLAB_FORWARD_DIR", str(cls.forward_dir))),
+            max_message_size=env_int(env, "MAILLAB_MAX_MESSAGE_SIZE", cls.max_message_size, minimum=1024),
+            max_recipients=env_int(env, "MAILLAB_MAX_RECIPIENTS", cls.max_recipients, minimum=1),
+            idle_timeout=env_float(env, "MAILLAB_IDLE_TIMEOUT", cls.idle_timeout, minimum=1.0),
+            shutdown_grace=env_float(env, "MAILLAB_SHUTDOWN_GRACE", cls.shutdown_grace),
+            log_level=env_choice(env, "MAILLAB_LOG_LEVEL", cls.log_level, LOG_LEVELS),
+        )

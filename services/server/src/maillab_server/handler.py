@@ -1,0 +1,96 @@
+"""The aiosmtpd handler: it checks addresses, renders records and hands them to the store.
+
+This is the only module that speaks SMTP replies; the store raises errors that carry them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from maillab_common.forward import Delivery, render_record, to_mbox_line_endings
+
+from maillab_server.config import ServerConfig
+from maillab_server.domains import InvalidAddress, domain_of, group_by_domain
+from maillab_server.errors import StorageError
+from maillab_server.store import ForwardStore
+
+log = logging.getLogger(__name__)
+
+
+def has_control_characters(text: str) -> bool:
+    return any(ord(char) < 32 or char == "\x7f" for char in text)
+
+
+def trace_safe(text: str) -> str:
+    """`text` made fit for a Received header: printable, no spaces or parentheses."""
+    return "".join(c if c.isprintable() and c not in " ()" else "_" for c in text) or "unknown"
+
+
+class ForwardHandler:
+    def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
+        self._store = store
+        self._config = config
+        self.in_flight = 0
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        if has_control_characters(address):
+            return "553 5.1.7 The sender address holds control characters"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self._config.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self._config.max_recipients})"
+        if has_control_characters(address):
+            return "553 5.1.3 The recipient address holds control characters"
+        try:
+            domain_of(address)
+        except InvalidAddress as exc:
+            return f"553 5.1.3 {exc}"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        started = time.monotonic()
+        transaction_id = secrets.token_hex(8).upper()
+        message = to_mbox_line_endings(envelope.original_content or b"")
+        peer: Any = session.peer
+        template = Delivery(
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=(),
+            received_at=datetime.now(timezone.utc).replace(microsecond=0),
+            transaction_id=transaction_id,
+            helo=trace_safe(session.host_name or ""),
+            peer=trace_safe(str(peer[0]) if isinstance(peer, tuple) else str(peer)),
+            server_name=trace_safe(self._config.hostname),
+            tls=session.ssl is not None,
+            message=message,
+        )
+        groups = group_by_domain(envelope.rcpt_tos)
+        records = {domain: render_record(replace(template, rcpt_tos=rcpts)) for domain, rcpts in groups.items()}
+        self.in_flight += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._store.deliver, records)
+        except StorageError as exc:
+            log.warning("id=%s not stored: %s", transaction_id, exc)
+            return exc.smtp_reply
+        finally:
+            self.in_flight -= 1
+        log.info(
+            "id=%s from=<%s> rcpts=%d bytes=%d domains=%s ms=%.1f",
+            transaction_id, envelope.mail_from, len(envelope.rcpt_tos), len(message),
+            ",".join(groups), (time.monotonic() - started) * 1000,
+        )
+        return f"250 2.0.0 OK: stored as {transaction_id}"

@@ -1,0 +1,142 @@
+"""The forward store: the only code that writes forward files.
+
+A delivery is all or nothing. The record is appended to every domain's file under an
+exclusive flock (readers take a shared one), every file is fsynced, and so is the folder
+when a file was created; only then does `deliver` return and the handler answer 250. On
+any failure each file is cut back to the size it had, so nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from maillab_common.forward import parse_records
+
+from maillab_server.errors import StorageError, StorageFull
+
+log = logging.getLogger(__name__)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_READ_CHUNK = 1024 * 1024
+
+
+class ForwardStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check_writable(self) -> None:
+        """Raise StorageError unless new forward files can be created in the folder."""
+        if not self.root.is_dir():
+            raise StorageError(f"the forward folder {self.root} does not exist")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"the forward folder {self.root} is not writable by uid {os.getuid()}")
+
+    def deliver(self, records: Mapping[str, bytes]) -> None:
+        """Append each domain's record to its forward file, durably, or none of them."""
+        domains = sorted(records)  # one lock order for everyone: no deadlock
+        opened: list[int] = []
+        sizes_before: list[int] = []
+        try:
+            created = False
+            for domain in domains:
+                fd, was_created = self._open_for_append(domain)
+                opened.append(fd)
+                created |= was_created
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
+                    raise StorageError(f"{self.root / domain} is not a regular file")
+                sizes_before.append(status.st_size)
+            for fd, domain in zip(opened, domains, strict=True):
+                _write_all(fd, records[domain])
+            for fd in opened:
+                os.fsync(fd)
+            if created:
+                _fsync_dir(self.root)
+        except OSError as exc:
+            self._cut_back(opened, sizes_before)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(str(exc)) from exc
+            raise StorageError(str(exc)) from exc
+        except StorageError:
+            self._cut_back(opened, sizes_before)
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)  # closing also releases the flock
+
+    def repair(self) -> dict[str, int]:
+        """Cut off the torn last record a crash may have left; returns bytes cut per file."""
+        cut: dict[str, int] = {}
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            fd = os.open(entry.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                complete, tail_is_record = _complete_length(fd)
+                if tail_is_record and complete < size:
+                    os.ftruncate(fd, complete)
+                    os.fsync(fd)
+                    cut[entry.name] = size - complete
+                    log.warning("repaired %s: cut a torn record of %d bytes at offset %d",
+                                entry.path, size - complete, complete)
+            finally:
+                os.close(fd)
+        return cut
+
+    def _open_for_append(self, domain: str) -> tuple[int, bool]:
+        path = self.root / domain
+        while True:
+            try:
+                return os.open(path, _WRITE_FLAGS), False
+            except FileNotFoundError:
+                pass
+            try:
+                return os.open(path, _WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                continue  # another delivery created it first
+
+    @staticmethod
+    def _cut_back(opened: list[int], sizes_before: list[int]) -> None:
+        for fd, size in zip(opened, sizes_before, strict=False):
+            try:
+                if os.fstat(fd).st_size != size:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+            except OSError:
+                log.exception("could not cut a forward file back to %d bytes", size)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _complete_length(fd: int) -> tuple[int, bool]:
+    """Where the last complete record ends, and whether what follows starts like a record."""
+    start = 0  # the file offset of `pending`
+    pending = b""
+    while chunk := os.read(fd, _READ_CHUNK):
+        pending += chunk
+        _, rest = parse_records(pending, start)
+        start += len(pending) - len(rest)
+        pending = rest
+    return start, pending.startswith(b"From ")
