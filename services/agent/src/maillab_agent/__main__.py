@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import random
 import smtplib
-import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from maillab_common.settings import ConfigError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maillab_agent.batch import SmtpConnection, send_batch, write_manifest
+from maillab_agent.batch import SmtpConnection, refused_text, reply_text, send_batch, write_manifest
 from maillab_agent.config import AgentConfig
 from maillab_agent.message import (
     DEFAULT_DOMAINS,
@@ -24,6 +22,7 @@ from maillab_agent.message import (
     build_message,
     parse_size,
 )
+from maillab_common.settings import ConfigError
 
 # Exit codes of `send`, so that scripts can tell failures apart.
 EXIT_OK = 0
@@ -92,8 +91,15 @@ def send(
     ]
     try:
         outgoing = build_message(
-            mail_from=mail_from, to=to, cc=cc or [], bcc=bcc or [], subject=subject, body=text,
-            html_body=html_body, attachments=attachments, headers=headers,
+            mail_from=mail_from,
+            to=to,
+            cc=cc or [],
+            bcc=bcc or [],
+            subject=subject,
+            body=text,
+            html_body=html_body,
+            attachments=attachments,
+            headers=headers,
             message_id=f"<send-{random.getrandbits(64):016x}@maillab-agent.test>",
         )
     except UnsafeInput as exc:
@@ -102,17 +108,15 @@ def send(
         with smtplib.SMTP(host, port, timeout=config.timeout) as client:
             refused = client.sendmail(outgoing.mail_from, list(outgoing.rcpt_tos), outgoing.data)
     except smtplib.SMTPSenderRefused as exc:
-        fail(f"sender refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", EXIT_SENDER_REJECTED)
+        fail(f"sender refused: {reply_text(exc.smtp_code, exc.smtp_error)}", EXIT_SENDER_REJECTED)
     except smtplib.SMTPRecipientsRefused as exc:
-        replies = "; ".join(f"{rcpt}: {code} {text.decode(errors='replace')}"
-                            for rcpt, (code, text) in exc.recipients.items())
-        fail(f"every recipient refused: {replies}", EXIT_RECIPIENTS_REJECTED)
+        fail(f"every recipient refused: {refused_text(exc.recipients)}", EXIT_RECIPIENTS_REJECTED)
     except smtplib.SMTPDataError as exc:
-        fail(f"message refused: {exc.smtp_code} {exc.smtp_error.decode(errors='replace')}", EXIT_DATA_REJECTED)
+        fail(f"message refused: {reply_text(exc.smtp_code, exc.smtp_error)}", EXIT_DATA_REJECTED)
     except (OSError, smtplib.SMTPException) as exc:
         fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
     for rcpt, (code, reply) in refused.items():
-        err.print(f"refused {rcpt}: {code} {reply.decode(errors='replace')}", highlight=False)
+        err.print(f"refused {rcpt}: {reply_text(code, reply)}", highlight=False)
     out.print(f"sent {outgoing.message_id} to {len(outgoing.rcpt_tos) - len(refused)} recipient(s)", highlight=False)
 
 
@@ -141,15 +145,28 @@ def batch(
     if seed is None:
         seed = random.randrange(1_000_000)
     try:
-        messages = batch_messages(seed=seed, count=count, attachments=attachments, attachment_size=size,
-                                  domains=domain_list, recipients_per_message=recipients_per_message)
+        messages = batch_messages(
+            seed=seed,
+            count=count,
+            attachments=attachments,
+            attachment_size=size,
+            domains=domain_list,
+            recipients_per_message=recipients_per_message,
+        )
     except UnsafeInput as exc:
         fail(str(exc))
     _check_reachable(host, port, config.timeout)
-    err.print(f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)",
-              highlight=False)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err) as progress:
+    err.print(
+        f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)", highlight=False
+    )
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err,
+    ) as progress:
         task = progress.add_task("sending", total=count, rate="")
         started = progress.get_time()
 
@@ -158,17 +175,25 @@ def batch(
             elapsed = max(progress.get_time() - started, 1e-6)
             progress.update(task, advance=1, rate=f"{done / elapsed:.0f} msg/s")
 
-        report = send_batch(messages, host=host, port=port, concurrency=concurrency, timeout=config.timeout,
-                            on_outcome=advance)
+        report = send_batch(
+            messages, host=host, port=port, concurrency=concurrency, timeout=config.timeout, on_outcome=advance
+        )
     if manifest is not None:
         write_manifest(manifest, seed=seed, server=f"{host}:{port}", messages=messages, report=report)
     table = Table(title=f"batch {seed}")
     for column in ("sent", "accepted", "rejected", "retried", "msgs/s", "MB/s", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right")
     elapsed = max(report.elapsed, 1e-6)
-    table.add_row(str(len(report.outcomes)), str(report.accepted), str(report.rejected), str(report.retried),
-                  f"{len(report.outcomes) / elapsed:.1f}", f"{report.bytes_sent / elapsed / 1e6:.2f}",
-                  f"{report.latency_percentile(50) * 1000:.1f}", f"{report.latency_percentile(99) * 1000:.1f}")
+    table.add_row(
+        str(len(report.outcomes)),
+        str(report.accepted),
+        str(report.rejected),
+        str(report.retried),
+        f"{len(report.outcomes) / elapsed:.1f}",
+        f"{report.bytes_sent / elapsed / 1e6:.2f}",
+        f"{report.latency_percentile(50) * 1000:.1f}",
+        f"{report.latency_percentile(99) * 1000:.1f}",
+    )
     out.print(table)
     for outcome in report.outcomes:
         if not outcome.accepted:
@@ -201,4 +226,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,6 +8,7 @@ standard library and the work is waiting on the server, which releases the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -88,11 +89,19 @@ class SmtpConnection:
 
     def close(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 self._client.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
             self.drop()
+
+
+def reply_text(code: int, text: bytes | str) -> str:
+    """An SMTP reply as one line for people, whatever smtplib handed over."""
+    message = text.decode(errors="replace") if isinstance(text, bytes) else text
+    return f"{code} {' '.join(message.split())}"
+
+
+def refused_text(recipients: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{rcpt}: {reply_text(code, text)}" for rcpt, (code, text) in recipients.items())
 
 
 def send_one(connection: SmtpConnection, outgoing: Outgoing, index: int) -> Outcome:
@@ -103,13 +112,11 @@ def send_one(connection: SmtpConnection, outgoing: Outgoing, index: int) -> Outc
             refused = connection.send(outgoing)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
-            reply = "all recipients refused: " + "; ".join(
-                f"{rcpt} {code} {text.decode(errors='replace')}" for rcpt, (code, text) in exc.recipients.items()
-            )
+            reply = "every recipient refused: " + refused_text(exc.recipients)
             if not all(400 <= code < 500 for code in codes):
                 return Outcome(index, False, attempt, reply, tuple(exc.recipients), time.monotonic() - started)
         except smtplib.SMTPResponseException as exc:
-            reply = f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+            reply = reply_text(exc.smtp_code, exc.smtp_error)
             if not 400 <= exc.smtp_code < 500:
                 return Outcome(index, False, attempt, reply, (), time.monotonic() - started)
             if exc.smtp_code == 421:
@@ -118,8 +125,14 @@ def send_one(connection: SmtpConnection, outgoing: Outgoing, index: int) -> Outc
             reply = f"connection failed: {exc}"
             connection.drop()
         else:
-            return Outcome(index, not refused, attempt, "250 accepted" if not refused else "some recipients refused",
-                           tuple(refused), time.monotonic() - started)
+            return Outcome(
+                index,
+                not refused,
+                attempt,
+                "250 accepted" if not refused else "some recipients refused",
+                tuple(refused),
+                time.monotonic() - started,
+            )
         if attempt < MAX_ATTEMPTS:
             time.sleep(min(MAX_PAUSE, FIRST_PAUSE * 2 ** (attempt - 1)))
     return Outcome(index, False, MAX_ATTEMPTS, reply, (), time.monotonic() - started)

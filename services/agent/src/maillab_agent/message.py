@@ -40,8 +40,12 @@ class Attachment:
         return hashlib.sha256(self.data).hexdigest()
 
     def manifest_entry(self) -> dict[str, object]:
-        return {"filename": self.filename, "content_type": self.content_type, "size": len(self.data),
-                "sha256": self.sha256}
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": len(self.data),
+            "sha256": self.sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,9 @@ def batch_messages(
 
 def make_attachment(rng: random.Random, *, kind: int, number: int, size: int) -> Attachment:
     content_type, extension, make = ATTACHMENT_KINDS[kind]
-    return Attachment(filename=f"attachment-{number + 1}.{extension}", content_type=content_type,
-                      data=make(rng, max(size, 1)))
+    return Attachment(
+        filename=f"attachment-{number + 1}.{extension}", content_type=content_type, data=make(rng, max(size, 1))
+    )
 
 
 _WORDS = ("mail", "lab", "smtp", "domain", "forward", "inspector", "agent", "server", "batch", "test")
@@ -209,8 +214,7 @@ def _png(rng: random.Random, size: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
 
 
 def _pdf(rng: random.Random, size: int) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 LENGTH_HEADER = "X-Maillab-Length"
@@ -29,6 +29,7 @@ MAX_TRACE_BYTES = 256 * 1024
 # the "\nFrom " that ends the damage.
 _RESYNC_TAIL = len(b"\nFrom ") - 1
 
+_LINE_END = re.compile(rb"\r+\n")
 _FROM_LINE_ESCAPE = re.compile(rb"^(>*From )", re.MULTILINE)
 _FROM_LINE_UNESCAPE = re.compile(rb"^>(>*From )", re.MULTILINE)
 _LENGTH_LINE = ("\n" + LENGTH_HEADER + ": ").encode()
@@ -38,9 +39,7 @@ _TRACE = re.compile(
     rb"(?P<rcpts>(?:Delivered-To: [^\n]*\n)*)"
     rb"Received: from (?P<helo>[^\n]*) \((?P<peer>[^\n()]*)\)\n"
     rb"\tby (?P<server>[^\n ]+) \(maillab\) with (?P<proto>ESMTPS?) id (?P<txid>[^\n;]+);\n"
-    rb"\t(?P<date>[^\n]+)\n"
-    + _LENGTH_LINE[1:]
-    + rb"(?P<length>[0-9]{1,12})\n"
+    rb"\t(?P<date>[^\n]+)\n" + _LENGTH_LINE[1:] + rb"(?P<length>[0-9]{1,12})\n"
 )
 
 
@@ -78,18 +77,22 @@ class Damaged:
 
 
 def to_mbox_line_endings(message: bytes) -> bytes:
-    """The message with CRLF turned into LF and a final newline, as mbox stores it."""
-    text = message.replace(b"\r\n", b"\n")
-    if not text.endswith(b"\n"):
-        text += b"\n"
-    return text
+    """The message with LF line endings and a final newline, as mbox stores it.
+
+    CRs before a line end go with it (a CR there carries nothing), which makes this
+    idempotent: what it returns is rendered and parsed back unchanged.
+    """
+    if not message.endswith(b"\n"):
+        message += b"\n"
+    return _LINE_END.sub(b"\n", message)
 
 
 def render_record(delivery: Delivery) -> bytes:
     """The bytes to append to a forward file for one delivery."""
     body = _FROM_LINE_ESCAPE.sub(rb">\1", to_mbox_line_endings(delivery.message))
-    received_at = delivery.received_at.astimezone(timezone.utc)
-    sender = delivery.mail_from.replace(" ", "_") or NULL_SENDER_FROM_LINE
+    received_at = delivery.received_at.astimezone(UTC)
+    # mbox readers take the From line for ASCII without spaces (Python's mailbox does).
+    sender = "".join(c if "!" <= c <= "~" else "_" for c in delivery.mail_from) or NULL_SENDER_FROM_LINE
     protocol = "ESMTPS" if delivery.tls else "ESMTP"
     lines = [
         f"From {sender} {time.asctime(received_at.timetuple())}",
@@ -183,7 +186,7 @@ def _delivery(match: re.Match[bytes], body: bytes) -> Delivery:
     return Delivery(
         mail_from=match["mail_from"].decode("utf-8"),
         rcpt_tos=tuple(line.removeprefix("Delivered-To: ") for line in rcpts),
-        received_at=received_at.astimezone(timezone.utc),
+        received_at=received_at.astimezone(UTC),
         transaction_id=match["txid"].decode("ascii"),
         helo=match["helo"].decode("utf-8"),
         peer=match["peer"].decode("ascii"),

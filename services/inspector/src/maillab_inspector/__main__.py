@@ -14,13 +14,13 @@ from types import FrameType
 from typing import Annotated
 
 import typer
-from maillab_common.forward import Damaged, Record
-from maillab_common.settings import ConfigError
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from maillab_common.forward import Damaged, Record
+from maillab_common.settings import ConfigError
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.render import MessageSummary, as_json, as_text, summarize
 from maillab_inspector.tail import ForwardTail
@@ -59,8 +59,7 @@ def watch(
     """Print each message once, as it lands in a forward file."""
     config = load_config()
     root = forward_dir or config.forward_dir
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not root.is_dir():
         typer.echo(f"error: the forward folder {root} does not exist", err=True)
         raise typer.Exit(2)

@@ -97,7 +97,8 @@ def _header(message: EmailMessage | Message, name: str) -> str:
 
 def _attachments(message: Message) -> list[AttachmentSummary]:
     return [
-        AttachmentSummary(filename=filename, content_type=content_type, size=len(data),
-                          sha256=hashlib.sha256(data).hexdigest())
+        AttachmentSummary(
+            filename=filename, content_type=content_type, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        )
         for filename, content_type, data in attachment_payloads(message)
     ]

@@ -81,8 +81,9 @@ class ForwardTail:
             log.warning("%s was replaced; reading it from the start", self.root / name)
             progress = self._files[name] = _Progress(inode=inode, read_to=0)
         elif size < progress.pending_start:
-            log.warning("%s shrank from %d to %d bytes; reading it from the start",
-                        self.root / name, progress.read_to, size)
+            log.warning(
+                "%s shrank from %d to %d bytes; reading it from the start", self.root / name, progress.read_to, size
+            )
             progress = self._files[name] = _Progress(inode=inode, read_to=0)
         elif size < progress.read_to:
             # The server cut off a torn record at restart; its replacement comes next.
@@ -106,8 +107,11 @@ class ForwardTail:
             entries = sorted(os.scandir(self.root), key=lambda entry: entry.name)
         except FileNotFoundError:
             return []
-        return [(entry.name, Path(entry.path)) for entry in entries
-                if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")]
+        return [
+            (entry.name, Path(entry.path))
+            for entry in entries
+            if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+        ]
 
 
 @contextmanager

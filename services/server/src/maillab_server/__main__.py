@@ -12,8 +12,8 @@ import time
 from functools import partial
 
 from aiosmtpd.smtp import SMTP
-from maillab_common.settings import ConfigError
 
+from maillab_common.settings import ConfigError
 from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler

@@ -10,12 +10,12 @@ import logging
 import secrets
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from maillab_common.forward import Delivery, render_record, to_mbox_line_endings
 
+from maillab_common.forward import Delivery, render_record, to_mbox_line_endings
 from maillab_server.config import ServerConfig
 from maillab_server.domains import InvalidAddress, domain_of, group_by_domain
 from maillab_server.errors import StorageError
@@ -70,7 +70,7 @@ class ForwardHandler:
         template = Delivery(
             mail_from=envelope.mail_from or "",
             rcpt_tos=(),
-            received_at=datetime.now(timezone.utc).replace(microsecond=0),
+            received_at=datetime.now(UTC).replace(microsecond=0),
             transaction_id=transaction_id,
             helo=trace_safe(session.host_name or ""),
             peer=trace_safe(str(peer[0]) if isinstance(peer, tuple) else str(peer)),
@@ -90,7 +90,11 @@ class ForwardHandler:
             self.in_flight -= 1
         log.info(
             "id=%s from=<%s> rcpts=%d bytes=%d domains=%s ms=%.1f",
-            transaction_id, envelope.mail_from, len(envelope.rcpt_tos), len(message),
-            ",".join(groups), (time.monotonic() - started) * 1000,
+            transaction_id,
+            envelope.mail_from,
+            len(envelope.rcpt_tos),
+            len(message),
+            ",".join(groups),
+            (time.monotonic() - started) * 1000,
         )
         return f"250 2.0.0 OK: stored as {transaction_id}"

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from maillab_common.forward import parse_records
-
 from maillab_server.errors import StorageError, StorageFull
 
 log = logging.getLogger(__name__)
@@ -86,8 +85,9 @@ class ForwardStore:
                     os.ftruncate(fd, complete)
                     os.fsync(fd)
                     cut[entry.name] = size - complete
-                    log.warning("repaired %s: cut a torn record of %d bytes at offset %d",
-                                entry.path, size - complete, complete)
+                    log.warning(
+                        "repaired %s: cut a torn record of %d bytes at offset %d", entry.path, size - complete, complete
+                    )
             finally:
                 os.close(fd)
         return cut

@@ -1,0 +1,73 @@
+"""The lab end to end: agent container -> server container -> forward volume -> inspector container."""
+
+from __future__ import annotations
+
+import hashlib
+import mailbox
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from maillab_agent.message import batch_messages
+from maillab_inspector.render import attachment_payloads
+from tests.integration.conftest import Lab, wait_until
+
+pytestmark = pytest.mark.integration
+SEED = 4242
+
+
+def test_a_batch_lands_whole_in_the_forward_files_and_in_the_inspector(lab: Lab, tmp_path: Path) -> None:
+    code, output = lab.run_agent("batch", "--count", "20", "--attachments", "2", "--seed", str(SEED))
+    assert code == 0, output
+    sent = {m.message_id: m for m in batch_messages(seed=SEED, count=20, attachments=2)}
+
+    stored: dict[str, tuple[str, Message]] = {}
+    for domain, path in lab.forward_files(tmp_path).items():
+        box = mailbox.mbox(str(path), create=False)
+        try:
+            for kept in box:
+                assert kept["Message-ID"] not in stored, "a message stored twice"
+                stored[kept["Message-ID"]] = (domain, kept)
+        finally:
+            box.close()
+    assert set(stored) == set(sent)
+    for message_id, (domain, message) in stored.items():
+        outgoing = sent[message_id]
+        assert [rcpt.rpartition("@")[2] for rcpt in outgoing.rcpt_tos] == [domain]
+        assert message["Subject"] == outgoing.subject
+        assert message["Delivered-To"] == outgoing.rcpt_tos[0]
+        stored_files = [(name, data) for name, _, data in attachment_payloads(message)]
+        assert stored_files == [(a.filename, a.data) for a in outgoing.attachments]
+
+    def inspector_saw_all() -> bool:
+        output = lab.inspector_output()
+        return all(message_id in output for message_id in sent)
+
+    wait_until(inspector_saw_all, 30, "the inspector to print all 20 messages")
+    output = lab.inspector_output()
+    assert output.count("=== ") == 20, "each message printed exactly once"
+    for outgoing in sent.values():
+        for attachment in outgoing.attachments:
+            digest = hashlib.sha256(attachment.data).hexdigest()[:12]
+            assert (
+                f"{attachment.filename} ({attachment.content_type}, {len(attachment.data)} bytes, sha256 {digest})"
+                in output
+            )
+
+
+def test_send_from_flags_reaches_the_recipients_domains(lab: Lab, tmp_path: Path) -> None:
+    code, output = lab.run_agent(
+        "send", "--from", "me@sender.test", "--to", "you@one.test", "--to", "them@Two.test", "--subject", "flags"
+    )
+    assert code == 0, output
+    files = lab.forward_files(tmp_path)
+    assert set(files) == {"one.test", "two.test"}
+    wait_until(lambda: lab.inspector_output().count("subject:    flags") == 2, 30, "the inspector to print both")
+
+
+def test_a_bad_recipient_is_refused_and_nothing_leaves_the_volume(lab: Lab, tmp_path: Path) -> None:
+    code, output = lab.run_agent("send", "--from", "me@sender.test", "--to", "x@../../etc")
+    assert code == 5, output
+    assert "553" in output
+    assert lab.forward_files(tmp_path) == {}

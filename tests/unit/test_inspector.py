@@ -1,0 +1,104 @@
+"""The inspector's tail over real forward files, and its summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from maillab_common.forward import Damaged, Record, render_record
+from maillab_inspector.render import as_json, as_text, summarize
+from maillab_inspector.tail import ForwardTail
+from maillab_server.store import ForwardStore
+from tests.unit.test_forward_format import BASE
+
+
+def record(number: int) -> bytes:
+    return render_record(replace(BASE, transaction_id=f"{number:04X}"))
+
+
+def ids(items: list[tuple[str, Record | Damaged]]) -> list[tuple[str, str]]:
+    return [(domain, item.delivery.transaction_id) for domain, item in items if isinstance(item, Record)]
+
+
+def test_each_record_is_read_once_as_it_is_appended(tmp_path: Path) -> None:
+    store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
+    store.deliver({"a.test": record(1), "b.test": record(1)})
+    assert ids(list(tail.poll_all())) == [("a.test", "0001"), ("b.test", "0001")]
+    assert list(tail.poll_all()) == []
+    store.deliver({"a.test": record(2)})
+    assert ids(list(tail.poll("a.test"))) == [("a.test", "0002")]
+    assert list(tail.poll("a.test")) == []
+
+
+def test_skip_existing_reads_only_new_records(tmp_path: Path) -> None:
+    store = ForwardStore(tmp_path)
+    store.deliver({"a.test": record(1)})
+    tail = ForwardTail(tmp_path)
+    tail.skip_existing()
+    store.deliver({"a.test": record(2), "new.test": record(2)})
+    assert ids(list(tail.poll_all())) == [("a.test", "0002"), ("new.test", "0002")]
+
+
+def test_a_torn_tail_cut_by_the_server_is_neither_lost_nor_doubled(tmp_path: Path) -> None:
+    store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
+    store.deliver({"a.test": record(1)})
+    with open(tmp_path / "a.test", "ab") as file:
+        file.write(record(2)[:50])  # the crash
+    assert ids(list(tail.poll_all())) == [("a.test", "0001")]
+    store.repair()  # the restart
+    store.deliver({"a.test": record(3)})
+    assert ids(list(tail.poll_all())) == [("a.test", "0003")]
+
+
+def test_a_replaced_file_is_read_from_its_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
+    store.deliver({"a.test": record(1)})
+    list(tail.poll_all())
+    os.replace(tmp_path / "a.test", tmp_path / ".old")
+    (tmp_path / "a.test").write_bytes(record(5) + record(6))
+    assert ids(list(tail.poll_all())) == [("a.test", "0005"), ("a.test", "0006")]
+    assert "replaced" in caplog.text
+
+
+def test_garbage_is_reported_and_reading_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "a.test").write_bytes(b"scribbles\n" + record(1))
+    items = list(ForwardTail(tmp_path).poll_all())
+    assert isinstance(items[0][1], Damaged)
+    assert ids(items) == [("a.test", "0001")]
+
+
+def test_symlinks_and_folders_in_the_volume_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "file").write_bytes(record(1))
+    (tmp_path / "link.test").symlink_to(tmp_path / "elsewhere" / "file")
+    assert list(ForwardTail(tmp_path).poll_all()) == []
+
+
+MULTIPART = (
+    b"From: a@x.test\nSubject: =?utf-8?q?caf=C3=A9?=\nMessage-ID: <m@x.test>\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\nhello\n'
+    b'--b\nContent-Type: image/png\nContent-Disposition: attachment; filename="p.png"\n'
+    b"Content-Transfer-Encoding: base64\n\naGVsbG8=\n--b--\n"
+)
+
+
+def test_summaries_name_every_attachment_with_its_hash() -> None:
+    delivery = replace(BASE, message=MULTIPART)
+    summary = summarize("x.test", Record(offset=0, length=1, delivery=delivery))
+    assert summary.subject == "caf\u00e9" and summary.message_id == "<m@x.test>"
+    [attachment] = summary.attachments
+    assert (attachment.filename, attachment.content_type, attachment.size) == ("p.png", "image/png", 5)
+    assert attachment.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # "hello"
+    assert "p.png (image/png, 5 bytes, sha256 2cf24dba5fb0)" in as_text(summary)
+    line = json.loads(as_json(summary))
+    assert line["attachments"][0]["sha256"] == attachment.sha256 and line["rcpt_to"] == ["bob@example.test"]
+
+
+def test_an_unparseable_message_still_gets_a_summary() -> None:
+    delivery = replace(BASE, message=b"\xff\xfe garbage without headers\n")
+    summary = summarize("x.test", Record(offset=0, length=1, delivery=delivery))
+    assert summary.subject == "" and summary.attachments == ()

@@ -1,0 +1,123 @@
+"""The server over a real socket: what it stores and the replies it gives."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import smtplib
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import Envelope, Session
+
+from maillab_common.forward import Record, parse_records
+from maillab_server.config import ServerConfig
+from maillab_server.handler import ForwardHandler
+from maillab_server.store import ForwardStore
+from tests.unit.conftest import ServerController, StartServer
+
+MESSAGE = b"From: a@sender.test\r\nSubject: three recipients\r\nMessage-ID: <m1@sender.test>\r\n\r\nFrom the body.\r\n"
+
+
+def stored(forward: Path, domain: str) -> list[Record]:
+    items, leftover = parse_records((forward / domain).read_bytes())
+    assert leftover == b""
+    assert all(isinstance(item, Record) for item in items)
+    return [item for item in items if isinstance(item, Record)]
+
+
+def test_one_record_per_domain_with_that_domains_recipients(server: ServerController, client: smtplib.SMTP) -> None:
+    refused = client.sendmail("a@sender.test", ["x@One.test", "y@two.test", "z@one.test"], MESSAGE)
+    assert refused == {}
+    forward = server.config.forward_dir
+    assert sorted(path.name for path in forward.iterdir()) == ["one.test", "two.test"]
+    [one] = stored(forward, "one.test")
+    [two] = stored(forward, "two.test")
+    assert one.delivery.rcpt_tos == ("x@One.test", "z@one.test")
+    assert two.delivery.rcpt_tos == ("y@two.test",)
+    assert one.delivery.mail_from == "a@sender.test"
+    assert one.delivery.message == MESSAGE.replace(b"\r\n", b"\n")
+    assert one.delivery.transaction_id == two.delivery.transaction_id
+    box = mailbox.mbox(str(forward / "one.test"), create=False)
+    try:
+        [message] = list(box)
+        assert message["Subject"] == "three recipients"
+        assert message.get_payload() == ">From the body.\n"
+    finally:
+        box.close()
+
+
+def test_the_250_reply_names_the_stored_transaction(server: ServerController, client: smtplib.SMTP) -> None:
+    client.ehlo()
+    client.mail("a@sender.test")
+    client.rcpt("b@one.test")
+    code, reply = client.data(MESSAGE)
+    assert code == 250
+    [record] = stored(server.config.forward_dir, "one.test")
+    assert record.delivery.transaction_id in reply.decode()
+
+
+@pytest.mark.parametrize("address", ["user@../etc", "user@a/b.test", "user@.hidden", "nodomain", "user@-x.test"])
+def test_a_recipient_whose_domain_cannot_be_a_file_gets_553(client: smtplib.SMTP, address: str) -> None:
+    client.ehlo()
+    client.mail("a@sender.test")
+    code, _ = client.rcpt(address)
+    assert code == 553
+
+
+def test_recipients_over_the_limit_get_452(start_server: StartServer) -> None:
+    server = start_server(max_recipients=2)
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("a@sender.test")
+        codes = [client.rcpt(f"user{n}@one.test")[0] for n in range(3)]
+    assert codes == [250, 250, 452]
+
+
+def test_a_message_over_the_size_limit_gets_552_and_is_not_stored(start_server: StartServer) -> None:
+    server = start_server(max_message_size=2048)
+    big = MESSAGE + (b"x" * 98 + b"\r\n") * 40
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        client.ehlo()
+        assert client.mail("a@sender.test", ["SIZE=4200"])[0] == 552  # declared too big: refused at once
+        client.mail("a@sender.test")  # undeclared: refused after DATA
+        client.rcpt("b@one.test")
+        assert client.data(big)[0] == 552
+    assert not (server.config.forward_dir / "one.test").exists()
+
+
+def test_storage_failure_answers_451_and_the_server_goes_on(start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server()
+    (server.config.forward_dir / "broken.test").mkdir()  # a folder where the file should be
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("a@sender.test", ["b@broken.test", "c@fine.test"], MESSAGE)
+        assert refused.value.smtp_code == 451
+        assert (
+            not (server.config.forward_dir / "fine.test").exists()
+            or stored(server.config.forward_dir, "fine.test") == []
+        )
+        assert client.sendmail("a@sender.test", ["c@fine.test"], MESSAGE) == {}
+    assert len(stored(server.config.forward_dir, "fine.test")) == 1
+
+
+def test_handler_hooks_called_directly(tmp_path: Path) -> None:
+    config = ServerConfig(forward_dir=tmp_path, max_recipients=1)
+    handler = ForwardHandler(ForwardStore(tmp_path), config)
+    envelope, session = Envelope(), Session(loop=asyncio.new_event_loop())
+    server: Any = None
+
+    def call(hook: Coroutine[Any, Any, str]) -> str:
+        return session.loop.run_until_complete(hook)
+
+    try:
+        reply = call(handler.handle_MAIL(server, session, envelope, "bad\nsender@x.test", []))
+        assert reply == "553 5.1.7 The sender address holds control characters"
+        assert call(handler.handle_RCPT(server, session, envelope, "in\rjected@x.test", [])).startswith("553 ")
+        assert call(handler.handle_RCPT(server, session, envelope, "ok@x.test", [])) == "250 2.1.5 OK"
+        assert call(handler.handle_RCPT(server, session, envelope, "two@x.test", [])).startswith("452 4.5.3")
+        assert envelope.rcpt_tos == ["ok@x.test"]
+    finally:
+        session.loop.close()
