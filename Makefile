@@ -7,7 +7,7 @@ BASE_IMAGE = scripts/base-image.sh
 # The base image is resolved when a target needs it, not when make reads this file.
 WITH_BASE = MAILLAB_PYTHON_IMAGE="$$($(BASE_IMAGE))"
 
-.PHONY: help up down logs send build test unit integration lint bench clean check-compose
+.PHONY: help up down logs send verify build test unit integration lint bench clean check-compose
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ logs: check-compose ## Follow the server's and inspector's logs
 
 send: check-compose ## Send a batch through the agent: make send ARGS="--count 20 --attachments 2"
 	$(DOCKER_COMPOSE) run --rm agent batch $(or $(ARGS),--count 10 --attachments 2)
+
+verify: check-compose ## Check the last batch's manifest against the forward files
+	$(DOCKER_COMPOSE) run --rm --no-deps inspector verify $(ARGS)
 
 $(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

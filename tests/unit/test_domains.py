@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maillab_server.domains import InvalidAddress, domain_of, group_by_domain, normalise_domain
+from maillab_common.domains import InvalidAddress, domain_of, group_by_domain, normalise_domain
 
 VALID = {
     "Example.TEST": "example.test",

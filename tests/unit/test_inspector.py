@@ -8,9 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from maillab_common.forward import Damaged, Record, render_record
-from maillab_inspector.render import as_json, as_text, summarize
+from maillab_inspector.render import as_json, as_panel, summarize
 from maillab_inspector.tail import ForwardTail
 from maillab_server.store import ForwardStore
 from tests.unit.test_forward_format import BASE
@@ -93,7 +94,9 @@ def test_summaries_name_every_attachment_with_its_hash() -> None:
     [attachment] = summary.attachments
     assert (attachment.filename, attachment.content_type, attachment.size) == ("p.png", "image/png", 5)
     assert attachment.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # "hello"
-    assert "p.png (image/png, 5 bytes, sha256 2cf24dba5fb0)" in as_text(summary)
+    console = Console(width=200, record=True)
+    console.print(as_panel(summary))
+    assert "p.png (image/png, 5 bytes, sha256 2cf24dba5fb0)" in console.export_text()
     line = json.loads(as_json(summary))
     assert line["attachments"][0]["sha256"] == attachment.sha256 and line["rcpt_to"] == ["bob@example.test"]
 

@@ -129,12 +129,15 @@ def batch(
     domains: Annotated[str, typer.Option(help="Comma-separated recipient domains")] = ",".join(DEFAULT_DOMAINS),
     recipients_per_message: Annotated[int, typer.Option(min=1, help="Recipients per message")] = 1,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same messages")] = None,
-    manifest: Annotated[Path | None, typer.Option(help="Write a JSON manifest of what was sent here")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Write a JSON manifest of what was sent here [env MAILLAB_MANIFEST]")
+    ] = None,
     server: Annotated[str | None, typer.Option(help="HOST:PORT of the SMTP server [env MAILLAB_SERVER]")] = None,
 ) -> None:
     """Send COUNT generated test messages with attachments, concurrently."""
     config = load_config()
     host, port = server_address(config, server)
+    manifest = manifest or config.manifest
     try:
         size = parse_size(attachment_size)
     except ValueError as exc:
@@ -179,7 +182,10 @@ def batch(
             messages, host=host, port=port, concurrency=concurrency, timeout=config.timeout, on_outcome=advance
         )
     if manifest is not None:
-        write_manifest(manifest, seed=seed, server=f"{host}:{port}", messages=messages, report=report)
+        try:
+            write_manifest(manifest, seed=seed, server=f"{host}:{port}", messages=messages, report=report)
+        except OSError as exc:
+            fail(f"cannot write the manifest {manifest}: {exc.strerror}", EXIT_NOT_ALL_ACCEPTED)
     table = Table(title=f"batch {seed}")
     for column in ("sent", "accepted", "rejected", "retried", "msgs/s", "MB/s", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right")

@@ -188,6 +188,7 @@ def write_manifest(path: Path, *, seed: int, server: str, messages: Sequence[Out
     for outcome in report.outcomes:
         entry = messages[outcome.index].manifest_entry()
         entry["accepted"] = outcome.accepted
+        entry["refused"] = list(outcome.refused)
         entry["reply"] = outcome.reply
         entries.append(entry)
     document = {"seed": seed, "server": server, "count": len(messages), "messages": entries}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from maillab_common.settings import env_float, env_str, parse_host_port
 
@@ -15,6 +16,7 @@ DEFAULT_SMTP_PORT = 2525
 class AgentConfig:
     server: str = "localhost:2525"  # HOST:PORT; compose sets server:2525
     timeout: float = 30.0
+    manifest: Path | None = None  # where `batch` writes its manifest unless --manifest says
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentConfig:
@@ -22,6 +24,7 @@ class AgentConfig:
         config = cls(
             server=env_str(env, "MAILLAB_SERVER", cls.server),
             timeout=env_float(env, "MAILLAB_TIMEOUT", cls.timeout, minimum=0.1),
+            manifest=Path(env["MAILLAB_MANIFEST"]) if env.get("MAILLAB_MANIFEST", "").strip() else None,
         )
         config.server_address()  # fail at start-up, not at the first connection
         return config

@@ -1,32 +1,82 @@
-"""The inspector's command line: the only place that touches the event source, signals and stdout."""
+"""The inspector's command line: the only place that touches file events, signals and the terminal."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import re
 import signal
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from maillab_common.domains import InvalidAddress, normalise_domain
 from maillab_common.forward import Damaged, Record
 from maillab_common.settings import ConfigError
 from maillab_inspector.config import InspectorConfig
-from maillab_inspector.render import MessageSummary, as_json, as_text, summarize
+from maillab_inspector.render import (
+    MessageSummary,
+    as_json,
+    as_line,
+    as_panel,
+    attachment_payloads,
+    parse_message,
+    summarize,
+    text_body,
+)
+from maillab_inspector.state import load_positions, save_positions
 from maillab_inspector.tail import ForwardTail
+from maillab_inspector.verify import Key, ManifestError, check, expected_deliveries
 
 log = logging.getLogger("maillab_inspector")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="See what the maillab lab received.")
+out = Console()
+err = Console(stderr=True)
+# After this many sweeps in a row that find data no file event announced, events are
+# taken not to arrive on this file system (some network and FUSE mounts) and polling
+# takes over.
+MISSED_EVENTS_BEFORE_POLLING = 3
+
+Item = tuple[str, Record | Damaged]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def setup(forward_dir: Path | None) -> tuple[InspectorConfig, Path]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = InspectorConfig.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+    root = forward_dir or config.forward_dir
+    if not root.is_dir():
+        fail(f"the forward folder {root} does not exist")
+    return config, root
+
+
+def domain_file(domain: str | None) -> str | None:
+    if domain is None:
+        return None
+    try:
+        return normalise_domain(domain)
+    except InvalidAddress as exc:
+        fail(str(exc))
 
 
 class _ChangedFiles(FileSystemEventHandler):
@@ -42,32 +92,31 @@ class _ChangedFiles(FileSystemEventHandler):
                     self._changed.put(os.path.basename(os.fsdecode(path)))
 
 
-def load_config() -> InspectorConfig:
-    try:
-        return InspectorConfig.from_env()
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 @app.command()
 def watch(
-    from_start: Annotated[bool, typer.Option(help="Also print the messages already stored")] = False,
+    from_start: Annotated[bool, typer.Option(help="Print every stored message first, then new ones")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per message")] = False,
+    domain: Annotated[str | None, typer.Option(help="Only this domain's forward file")] = None,
+    state: Annotated[Path | None, typer.Option(help="Where to keep positions across restarts")] = None,
     forward_dir: Annotated[Path | None, typer.Option(help="The forward folder [env MAILLAB_FORWARD_DIR]")] = None,
 ) -> None:
     """Print each message once, as it lands in a forward file."""
-    config = load_config()
-    root = forward_dir or config.forward_dir
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not root.is_dir():
-        typer.echo(f"error: the forward folder {root} does not exist", err=True)
-        raise typer.Exit(2)
+    config, root = setup(forward_dir)
+    only = domain_file(domain)
+    state_file = state or config.state_file
     tail = ForwardTail(root)
-    changed: queue.SimpleQueue[str] = queue.SimpleQueue()
-    observer = _start_observer(root, _ChangedFiles(changed))
-    if not from_start:
+    saved = None if from_start else load_positions(state_file)
+    if saved is not None:
+        tail.restore(saved)
+        log.info("going on from the positions in %s", state_file)
+    elif not from_start:
         tail.skip_existing()
+    try:
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        save_positions(state_file, tail.positions())
+    except OSError as exc:
+        fail(f"cannot write the state file {state_file}: {exc}")
+
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -76,14 +125,28 @@ def watch(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    emit = as_json if json_lines or config.output == "json" else as_text
-    log.info("watching %s", root)
+    emit: Callable[[MessageSummary], RenderableType] = as_json if json_lines or config.output == "json" else as_panel
+    changed: queue.SimpleQueue[str] = queue.SimpleQueue()
+    handler = _ChangedFiles(changed)
+    observer = _start_observer(root, handler, Observer())
+    log.info("watching %s%s", root, f" (only {only})" if only else "")
+    announced: set[str] = set()
+    missed_sweeps = 0
     next_sweep = 0.0
     try:
         while not stopping:
             now = time.monotonic()
             if now >= next_sweep:
-                items = list(tail.poll_all())
+                while not changed.empty():
+                    announced.add(changed.get_nowait())
+                items = list(_poll(tail, only))
+                unannounced = {name for name, item in items if isinstance(item, Record)} - announced
+                missed_sweeps = missed_sweeps + 1 if unannounced else 0
+                if missed_sweeps >= MISSED_EVENTS_BEFORE_POLLING and not isinstance(observer, PollingObserver):
+                    log.warning("file events from %s are not arriving; polling instead", type(observer).__name__)
+                    observer.stop()
+                    observer = _start_observer(root, handler, PollingObserver())
+                announced.clear()
                 config.ready_file.touch()
                 next_sweep = now + config.sweep_interval
             else:
@@ -91,54 +154,213 @@ def watch(
                     name = changed.get(timeout=next_sweep - now)
                 except queue.Empty:
                     continue
-                items = list(tail.poll(name))
-            for domain, item in items:
-                _print(domain, item, emit)
+                announced.add(name)
+                items = list(_poll(tail, only, name))
+            for name, item in items:
+                _print(name, item, emit)
+            if items:
+                save_positions(state_file, tail.positions())
     finally:
         observer.stop()
         config.ready_file.unlink(missing_ok=True)
 
 
+@app.command("list")
+def list_messages(
+    domain: Annotated[str | None, typer.Option(help="Only this domain's forward file")] = None,
+    forward_dir: Annotated[Path | None, typer.Option(help="The forward folder [env MAILLAB_FORWARD_DIR]")] = None,
+) -> None:
+    """One line per stored message."""
+    _, root = setup(forward_dir)
+    for summary in _stored(ForwardTail(root), domain_file(domain)):
+        print(as_line(summary), flush=True)
+
+
 @app.command()
-def healthcheck() -> None:
-    """Exit 0 while `watch` is running and sweeping the forward folder."""
-    config = load_config()
+def show(
+    message_id: Annotated[str, typer.Argument(help="The Message-ID, with or without <>")],
+    save_attachments: Annotated[Path | None, typer.Option(help="Save the attachments into this folder")] = None,
+    forward_dir: Annotated[Path | None, typer.Option(help="The forward folder [env MAILLAB_FORWARD_DIR]")] = None,
+) -> None:
+    """Headers and body of one stored message."""
+    _, root = setup(forward_dir)
+    wanted = message_id.strip().strip("<>")
+    for name, item in ForwardTail(root).poll_all():
+        if not isinstance(item, Record):
+            continue
+        message = parse_message(item)
+        if str(message.get("Message-ID", "")).strip().strip("<>") != wanted:
+            continue
+        out.print(f"[bold]{name}[/] @{item.offset}: from <{item.delivery.mail_from}> to {item.delivery.rcpt_tos}")
+        for header, value in message.items():
+            out.print(f"{header}: {value}", highlight=False, markup=False)
+        out.print()
+        out.print(text_body(message), highlight=False, markup=False)
+        payloads = attachment_payloads(message)
+        for filename, content_type, data in payloads:
+            out.print(f"attachment: {filename} ({content_type}, {len(data)} bytes)", highlight=False, markup=False)
+        if save_attachments is not None:
+            for path in _save(save_attachments, payloads):
+                out.print(f"saved {path}", highlight=False, markup=False)
+        return
+    fail(f"no stored message has the Message-ID <{wanted}>", 1)
+
+
+@app.command()
+def verify(
+    manifest: Annotated[Path | None, typer.Option(help="The agent's manifest [env MAILLAB_MANIFEST]")] = None,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for missing messages")] = 30.0,
+    forward_dir: Annotated[Path | None, typer.Option(help="The forward folder [env MAILLAB_FORWARD_DIR]")] = None,
+) -> None:
+    """Check that every message in a batch's manifest arrived, once and intact."""
+    config, root = setup(forward_dir)
+    path = manifest or config.manifest
+    if path is None:
+        fail("give --manifest PATH (or set MAILLAB_MANIFEST)")
     try:
-        age = time.time() - config.ready_file.stat().st_mtime
-    except FileNotFoundError:
-        typer.echo("unhealthy: not watching yet", err=True)
-        raise typer.Exit(1) from None
-    if age > max(10 * config.sweep_interval, 10.0):
-        typer.echo(f"unhealthy: no sweep for {age:.0f}s", err=True)
+        expected, not_accepted = expected_deliveries(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        fail(f"cannot read the manifest {path}: {exc.strerror}")
+    except (ValueError, ManifestError) as exc:
+        fail(f"{path}: {exc}")
+    wanted = {item.key for item in expected}
+    found: dict[Key, list[MessageSummary]] = {}
+    damaged = 0
+    tail = ForwardTail(root)
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("waiting for deliveries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    ) as progress:
+        task = progress.add_task("verify", total=len(wanted))
+        while True:
+            for name, item in tail.poll_all():
+                if isinstance(item, Damaged):
+                    damaged += 1
+                    continue
+                summary = _summary(name, item)
+                if summary is not None and (summary.message_id, name) in wanted:
+                    found.setdefault((summary.message_id, name), []).append(summary)
+            progress.update(task, completed=len(found))
+            if len(found) == len(wanted) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    report = check(expected, found, not_accepted)
+    table = Table(title=f"verify {path.name}")
+    for column in ("expected", "delivered", "missing", "corrupted", "duplicated", "unsent", "damaged"):
+        table.add_column(column, justify="right")
+    counts = (
+        report.expected,
+        report.delivered,
+        len(report.missing),
+        len(report.corrupted),
+        len(report.duplicated),
+        report.not_accepted,
+        damaged,
+    )
+    table.add_row(*(str(count) for count in counts))
+    out.print(table)
+    for message_id, domain in report.missing:
+        out.print(f"missing: {message_id} in {domain}", highlight=False, markup=False)
+    for (message_id, domain), problem in report.corrupted:
+        out.print(f"corrupted: {message_id} in {domain}: {problem}", highlight=False, markup=False)
+    for (message_id, domain), copies in report.duplicated:
+        out.print(f"duplicated: {message_id} in {domain}: {copies} copies", highlight=False, markup=False)
+    if not report.ok:
         raise typer.Exit(1)
 
 
-def _start_observer(root: Path, handler: FileSystemEventHandler) -> BaseObserver:
-    observer: BaseObserver = Observer()
+@app.command()
+def healthcheck() -> None:
+    """Exit 0 while `watch` is running and sweeping the forward folder."""
+    try:
+        config = InspectorConfig.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        age = time.time() - config.ready_file.stat().st_mtime
+    except FileNotFoundError:
+        fail("unhealthy: not watching yet", 1)
+    if age > max(10 * config.sweep_interval, 10.0):
+        fail(f"unhealthy: no sweep for {age:.0f}s", 1)
+
+
+def _poll(tail: ForwardTail, only: str | None, name: str | None = None) -> Iterator[Item]:
+    if only is not None:
+        return tail.poll(only) if name in (None, only) else iter(())
+    return tail.poll(name) if name is not None else tail.poll_all()
+
+
+def _start_observer(root: Path, handler: FileSystemEventHandler, observer: BaseObserver) -> BaseObserver:
     try:
         observer.schedule(handler, str(root), recursive=False)
         observer.start()
-        log.info("file events from %s", type(observer).__name__)
-        return observer
     except OSError as exc:
-        log.warning("native file events unavailable (%s); polling instead", exc)
-    observer = PollingObserver()
-    observer.schedule(handler, str(root), recursive=False)
-    observer.start()
+        log.warning("file events from %s are unavailable (%s); polling instead", type(observer).__name__, exc)
+        observer = PollingObserver()
+        observer.schedule(handler, str(root), recursive=False)
+        observer.start()
     log.info("file events from %s", type(observer).__name__)
     return observer
 
 
-def _print(domain: str, item: Record | Damaged, emit: Callable[[MessageSummary], str]) -> None:
+def _summary(domain: str, record: Record) -> MessageSummary | None:
+    try:
+        return summarize(domain, record)
+    except Exception as exc:  # a message the email package cannot take apart must not stop the inspector
+        log.warning("%s: the message at offset %d cannot be summarised: %s", domain, record.offset, exc)
+        return None
+
+
+def _stored(tail: ForwardTail, only: str | None) -> Iterator[MessageSummary]:
+    for name, item in _poll(tail, only):
+        if isinstance(item, Damaged):
+            log.warning("%s: %d damaged bytes at offset %d: %s", name, item.length, item.offset, item.reason)
+            continue
+        summary = _summary(name, item)
+        if summary is not None:
+            yield summary
+
+
+def _print(domain: str, item: Record | Damaged, emit: Callable[[MessageSummary], RenderableType]) -> None:
     if isinstance(item, Damaged):
         log.warning("%s: %d damaged bytes at offset %d: %s", domain, item.length, item.offset, item.reason)
         return
-    try:
-        summary = summarize(domain, item)
-    except Exception as exc:  # a message the email package cannot take apart must not stop the watch
-        log.warning("%s: the message at offset %d cannot be summarised: %s", domain, item.offset, exc)
+    summary = _summary(domain, item)
+    if summary is None:
         return
-    print(emit(summary), flush=True)
+    rendered = emit(summary)
+    if isinstance(rendered, str):
+        print(rendered, flush=True)  # JSON lines: never wrapped or styled
+    else:
+        out.print(rendered)
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+
+
+def _save(folder: Path, payloads: list[tuple[str, str, bytes]]) -> list[Path]:
+    """Write attachments under `folder`: names cut to their last part and never overwriting."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create {folder}: {exc.strerror}")
+    saved = []
+    for number, (filename, _, data) in enumerate(payloads, start=1):
+        name = _UNSAFE_NAME.sub("_", Path(filename.replace("\\", "/")).name).lstrip(".") or f"attachment-{number}"
+        path = folder / name
+        suffix = 1
+        while True:
+            try:
+                with open(path, "xb") as file:
+                    file.write(data)
+                break
+            except FileExistsError:
+                path = folder / f"{Path(name).stem}-{suffix}{Path(name).suffix}"
+                suffix += 1
+            except OSError as exc:
+                fail(f"cannot write {path}: {exc.strerror}")
+        saved.append(path)
+    return saved
 
 
 def main() -> None:

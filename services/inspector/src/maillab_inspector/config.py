@@ -17,6 +17,8 @@ class InspectorConfig:
     sweep_interval: float = 1.0
     ready_file: Path = Path("/tmp/maillab-inspector.ready")
     output: str = "text"
+    state_file: Path = Path("inspector-state.json")  # from_env puts it under $XDG_STATE_HOME
+    manifest: Path | None = None  # the agent's manifest, for verify (compose shares it on a volume)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InspectorConfig:
@@ -26,4 +28,11 @@ class InspectorConfig:
             sweep_interval=env_float(env, "MAILLAB_SWEEP_INTERVAL", cls.sweep_interval, minimum=0.05),
             ready_file=Path(env_str(env, "MAILLAB_READY_FILE", str(cls.ready_file))),
             output=env_choice(env, "MAILLAB_OUTPUT", cls.output, ("text", "json")),
+            state_file=Path(env_str(env, "MAILLAB_STATE_FILE", str(_default_state_file(env)))),
+            manifest=Path(env["MAILLAB_MANIFEST"]) if env.get("MAILLAB_MANIFEST", "").strip() else None,
         )
+
+
+def _default_state_file(env: Mapping[str, str]) -> Path:
+    state_home = Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "/tmp") / ".local" / "state")
+    return state_home / "maillab" / "inspector.json"

@@ -1,19 +1,26 @@
-"""Turning a stored record into what the inspector prints: a summary, as text or JSON.
+"""Turning a stored record into what the inspector prints: a summary, as a panel or JSON.
 
-Pure functions: a record in, a string out. A message that cannot be decoded still gets a
-summary; what could not be read is left empty rather than raising.
+Pure functions: a record in, a summary or a renderable out. A message that cannot be
+decoded still gets a summary; what could not be read is left empty rather than raising.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage, Message
 from email.policy import default
 
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
 from maillab_common.forward import Record
+
+PREVIEW_LINES = 5
 
 
 @dataclass(frozen=True)
@@ -35,21 +42,32 @@ class MessageSummary:
     message_id: str
     size: int
     attachments: tuple[AttachmentSummary, ...]
+    preview: tuple[str, ...]  # the first lines of the text body
+
+
+def parse_message(record: Record) -> EmailMessage:
+    message = message_from_bytes(record.delivery.message, policy=default)
+    assert isinstance(message, EmailMessage)  # the default policy's factory
+    return message
 
 
 def summarize(domain: str, record: Record) -> MessageSummary:
     delivery = record.delivery
-    message = message_from_bytes(delivery.message, policy=default)
+    message = parse_message(record)
     return MessageSummary(
         domain=domain,
         offset=record.offset,
         received=delivery.received_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         mail_from=delivery.mail_from,
         rcpt_to=delivery.rcpt_tos,
-        subject=_header(message, "Subject"),
-        message_id=_header(message, "Message-ID"),
+        subject=header_text(message, "Subject"),
+        message_id=header_text(message, "Message-ID"),
         size=len(delivery.message),
-        attachments=tuple(_attachments(message)),
+        attachments=tuple(
+            AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, kind, data in attachment_payloads(message)
+        ),
+        preview=tuple(text_body(message).splitlines()[:PREVIEW_LINES]),
     )
 
 
@@ -67,27 +85,17 @@ def attachment_payloads(message: Message) -> list[tuple[str, str, bytes]]:
     return found
 
 
-def as_text(summary: MessageSummary) -> str:
-    lines = [
-        f"=== {summary.received} {summary.domain} @{summary.offset}",
-        f"  from:       <{summary.mail_from}>",
-        f"  to:         {', '.join(f'<{rcpt}>' for rcpt in summary.rcpt_to)}",
-        f"  subject:    {summary.subject}",
-        f"  message-id: {summary.message_id}",
-        f"  size:       {summary.size} bytes",
-    ]
-    lines += [
-        f"  attachment: {a.filename} ({a.content_type}, {a.size} bytes, sha256 {a.sha256[:12]})"
-        for a in summary.attachments
-    ]
-    return "\n".join(lines)
+def text_body(message: EmailMessage) -> str:
+    """The plain-text body, or '' when there is none or it cannot be decoded."""
+    try:
+        part = message.get_body(preferencelist=("plain",))
+        content = part.get_content() if part is not None else ""
+    except (LookupError, ValueError, AttributeError):  # unknown charsets, broken MIME
+        return ""
+    return content if isinstance(content, str) else ""
 
 
-def as_json(summary: MessageSummary) -> str:
-    return json.dumps(asdict(summary), ensure_ascii=False)
-
-
-def _header(message: EmailMessage | Message, name: str) -> str:
+def header_text(message: Message, name: str) -> str:
     try:
         value = message.get(name)
     except (ValueError, IndexError, AttributeError):  # the email package's parser on malformed headers
@@ -95,10 +103,52 @@ def _header(message: EmailMessage | Message, name: str) -> str:
     return "" if value is None else " ".join(str(value).split())
 
 
-def _attachments(message: Message) -> list[AttachmentSummary]:
-    return [
-        AttachmentSummary(
-            filename=filename, content_type=content_type, size=len(data), sha256=hashlib.sha256(data).hexdigest()
-        )
-        for filename, content_type, data in attachment_payloads(message)
-    ]
+def as_json(summary: MessageSummary) -> str:
+    return json.dumps(
+        {
+            "domain": summary.domain,
+            "offset": summary.offset,
+            "received": summary.received,
+            "mail_from": summary.mail_from,
+            "rcpt_to": list(summary.rcpt_to),
+            "subject": summary.subject,
+            "message_id": summary.message_id,
+            "size": summary.size,
+            "attachments": [
+                {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
+                for a in summary.attachments
+            ],
+        },
+        ensure_ascii=False,
+    )
+
+
+def as_panel(summary: MessageSummary) -> Panel:
+    fields = Table.grid(padding=(0, 1))
+    fields.add_column(style="bold")
+    fields.add_column()
+    fields.add_row("from", Text(f"<{summary.mail_from}>"))
+    fields.add_row("to", Text(", ".join(f"<{rcpt}>" for rcpt in summary.rcpt_to)))
+    fields.add_row("subject", Text(summary.subject))
+    fields.add_row("message-id", Text(summary.message_id))
+    fields.add_row("size", Text(f"{summary.size} bytes"))
+    for a in summary.attachments:
+        fields.add_row("attachment", Text(f"{a.filename} ({a.content_type}, {a.size} bytes, sha256 {a.sha256[:12]})"))
+    parts: list[Table | Text] = [fields]
+    if summary.preview:
+        parts.append(Text("\n".join(summary.preview), style="dim"))
+    return Panel(
+        Group(*parts),
+        title=Text(f"{summary.received} {summary.domain}"),
+        title_align="left",
+        subtitle=Text(f"offset {summary.offset}"),
+        subtitle_align="right",
+    )
+
+
+def as_line(summary: MessageSummary) -> str:
+    """One line per message, for `inspector list`."""
+    return (
+        f"{summary.received}  {summary.domain}  {summary.message_id}  <{summary.mail_from}>  "
+        f"{summary.size}B  {len(summary.attachments)} att  {summary.subject}"
+    )

@@ -49,6 +49,15 @@ class ForwardTail:
                 continue
             self._files[name] = _Progress(inode=status.st_ino, read_to=status.st_size)
 
+    def positions(self) -> dict[str, tuple[int, int]]:
+        """For each file: its inode and the offset up to which every record has been read."""
+        return {name: (progress.inode, progress.pending_start) for name, progress in self._files.items()}
+
+    def restore(self, positions: dict[str, tuple[int, int]]) -> None:
+        """Go on from saved positions; a file replaced or cut short since is read again."""
+        for name, (inode, offset) in positions.items():
+            self._files[name] = _Progress(inode=inode, read_to=offset)
+
     def poll_all(self) -> Iterator[tuple[str, Record | Damaged]]:
         for name, _ in self._domain_files():
             yield from self.poll(name)

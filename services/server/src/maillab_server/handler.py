@@ -15,9 +15,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from maillab_common.domains import InvalidAddress, domain_of, group_by_domain
 from maillab_common.forward import Delivery, render_record, to_mbox_line_endings
 from maillab_server.config import ServerConfig
-from maillab_server.domains import InvalidAddress, domain_of, group_by_domain
 from maillab_server.errors import StorageError
 from maillab_server.store import ForwardStore
 

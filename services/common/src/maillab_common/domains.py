@@ -1,5 +1,8 @@
 """Recipient domains: which forward file an address belongs in, and which addresses are refused.
 
+The server uses it to accept recipients and name files; the inspector uses it to know
+which file a manifest's recipient should have landed in.
+
 A domain name becomes a file name under /forward, so this module is the guard that keeps
 every input inside that folder: only lower-case A-labels and address literals get through.
 """
