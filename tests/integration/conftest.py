@@ -9,6 +9,7 @@ in the fixture's teardown, so the tests need no Ryuk reaper.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -59,27 +61,69 @@ def images(base_image: str) -> dict[str, str]:
 
 @dataclass
 class Lab:
+    """A running lab: server and inspector containers, their network, and two volumes."""
+
     network: Network
-    volume: str
+    volume: str  # the forward volume
+    manifests: str  # where the agent writes manifests and verify reads them
     server: DockerContainer
-    inspector: DockerContainer
+    inspector: DockerContainer | None
     images: dict[str, str]
+
+    def start_inspector(self, **env: str) -> DockerContainer:
+        """Start the inspector (printing JSON lines), or restart it: SIGTERM, then start again.
+
+        With `env`, a new inspector container replaces the old one: a fresh start.
+        """
+        if self.inspector is not None and not env:
+            self.inspector.get_wrapped_container().restart(timeout=10)
+            HealthcheckWaitStrategy().wait_until_ready(self.inspector)
+            return self.inspector
+        if self.inspector is not None:
+            self.inspector.stop()
+        inspector = self._with_volumes(DockerContainer(self.images["inspector"]), "ro")
+        for name, value in {"MAILLAB_OUTPUT": "json", **env}.items():
+            inspector.with_env(name, value)
+        self.inspector = inspector.waiting_for(HealthcheckWaitStrategy())
+        self.inspector.start()
+        return self.inspector
+
+    def start_agent(self, *arguments: str) -> DockerContainer:
+        agent = DockerContainer(self.images["agent"]).with_network(self.network)
+        agent.with_env("MAILLAB_SERVER", "server:2525").with_volume_mapping(self.manifests, "/manifests", "rw")
+        agent.with_command(list(arguments)).start()
+        return agent
 
     def run_agent(self, *arguments: str, timeout: float = 180) -> tuple[int, str]:
         """Run the agent container to completion on the lab's network; returns (exit code, output)."""
-        agent = (
-            DockerContainer(self.images["agent"])
-            .with_network(self.network)
-            .with_env("MAILLAB_SERVER", "server:2525")
-            .with_command(list(arguments))
+        return self._run(self.start_agent(*arguments), timeout)
+
+    def run_inspector(self, *arguments: str, timeout: float = 180) -> tuple[int, str]:
+        """Run a one-shot inspector command (verify, list, show) against the lab's volumes."""
+        inspector = self._with_volumes(DockerContainer(self.images["inspector"]), "ro").with_env("COLUMNS", "160")
+        inspector.with_command(list(arguments)).start()
+        return self._run(inspector, timeout)
+
+    def read_manifest(self, path: str) -> str:
+        reader = self._with_volumes(DockerContainer(self.images["agent"]), "ro").with_kwargs(entrypoint=["cat"])
+        reader.with_command([path]).start()
+        code, output = self._run(reader, 60)
+        assert code == 0, output
+        return output
+
+    def corrupt(self, domain: str, message_id: str) -> None:
+        """Flip one base64 character of the first attachment after `message_id`, as a bad disk would."""
+        script = (
+            "import sys\n"
+            "path, marker = sys.argv[1], sys.argv[2].encode()\n"
+            "data = bytearray(open(path, 'rb').read())\n"
+            "start = data.index(b'Message-ID: ' + marker)\n"
+            "at = data.index(b'\\n\\n', data.index(b'filename=\"attachment-1', start)) + 20\n"
+            "data[at] = ord('A') if data[at] != ord('A') else ord('B')\n"
+            "open(path, 'r+b').write(data)\n"
         )
-        agent.start()
-        try:
-            code = agent.get_wrapped_container().wait(timeout=timeout)["StatusCode"]
-            stdout, stderr = agent.get_logs()
-            return code, (stdout + stderr).decode(errors="replace")
-        finally:
-            agent.stop()
+        result = self.server.exec(["python3", "-c", script, f"/forward/{domain}", message_id])
+        assert result.exit_code == 0, result.output
 
     def forward_files(self, into: Path) -> dict[str, Path]:
         """Copy /forward out of the server container; returns domain -> local copy."""
@@ -88,9 +132,27 @@ class Lab:
             archive.extractall(into, filter="data")
         return {path.name: path for path in (into / "forward").iterdir()}
 
-    def inspector_output(self) -> str:
+    def inspector_lines(self) -> list[dict[str, Any]]:
+        """What the inspector printed, one JSON object per message, across restarts."""
+        assert self.inspector is not None
         stdout, _ = self.inspector.get_logs()
-        return stdout.decode(errors="replace")
+        return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+
+    def _with_volumes(self, container: DockerContainer, forward_mode: str) -> DockerContainer:
+        return (
+            container.with_network(self.network)
+            .with_volume_mapping(self.volume, "/forward", forward_mode)
+            .with_volume_mapping(self.manifests, "/manifests", "ro")
+        )
+
+    @staticmethod
+    def _run(container: DockerContainer, timeout: float) -> tuple[int, str]:
+        try:
+            code: int = container.get_wrapped_container().wait(timeout=timeout)["StatusCode"]
+            stdout, stderr = container.get_logs()
+            return code, (stdout + stderr).decode(errors="replace")
+        finally:
+            container.stop()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -103,11 +165,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 @pytest.fixture
 def lab(images: dict[str, str]) -> Iterator[Lab]:
-    """Server and inspector containers on their own network, sharing a fresh forward volume."""
+    """Server and inspector containers on their own network, sharing fresh volumes."""
     client = docker.from_env()
     volume = client.volumes.create(name=f"maillab-test-{uuid.uuid4().hex[:10]}")
+    manifests = client.volumes.create(name=f"{volume.name}-manifests")
     network = Network().create()
-    started: list[DockerContainer] = []
+    lab = server = None
     try:
         server = (
             DockerContainer(images["server"])
@@ -117,19 +180,14 @@ def lab(images: dict[str, str]) -> Iterator[Lab]:
             .waiting_for(HealthcheckWaitStrategy())
         )
         server.start()
-        started.append(server)
-        inspector = (
-            DockerContainer(images["inspector"])
-            .with_network(network)
-            .with_volume_mapping(volume.name, "/forward", "ro")
-            .waiting_for(HealthcheckWaitStrategy())
-        )
-        inspector.start()
-        started.append(inspector)
-        yield Lab(network=network, volume=volume.name, server=server, inspector=inspector, images=images)
+        lab = Lab(network, volume.name, manifests.name, server, inspector=None, images=images)
+        lab.start_inspector()
+        yield lab
     finally:
-        for container in reversed(started):
-            container.stop()
+        for container in (lab.inspector if lab else None, server):
+            if container is not None:
+                container.stop()
         network.remove()
         volume.remove(force=True)
+        manifests.remove(force=True)
         client.close()

@@ -40,20 +40,20 @@ def test_a_batch_lands_whole_in_the_forward_files_and_in_the_inspector(lab: Lab,
         stored_files = [(name, data) for name, _, data in attachment_payloads(message)]
         assert stored_files == [(a.filename, a.data) for a in outgoing.attachments]
 
-    def inspector_saw_all() -> bool:
-        output = lab.inspector_output()
-        return all(message_id in output for message_id in sent)
-
-    wait_until(inspector_saw_all, 30, "the inspector to print all 20 messages")
-    output = lab.inspector_output()
-    assert output.count("=== ") == 20, "each message printed exactly once"
-    for outgoing in sent.values():
-        for attachment in outgoing.attachments:
-            digest = hashlib.sha256(attachment.data).hexdigest()[:12]
-            assert (
-                f"{attachment.filename} ({attachment.content_type}, {len(attachment.data)} bytes, sha256 {digest})"
-                in output
-            )
+    wait_until(lambda: len(lab.inspector_lines()) >= 20, 30, "the inspector to print all 20 messages")
+    printed = {line["message_id"]: line for line in lab.inspector_lines()}
+    assert len(lab.inspector_lines()) == 20, "each message printed exactly once"
+    assert set(printed) == set(sent)
+    for message_id, outgoing in sent.items():
+        assert printed[message_id]["attachments"] == [
+            {
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": len(a.data),
+                "sha256": hashlib.sha256(a.data).hexdigest(),
+            }
+            for a in outgoing.attachments
+        ]
 
 
 def test_send_from_flags_reaches_the_recipients_domains(lab: Lab, tmp_path: Path) -> None:
@@ -63,7 +63,8 @@ def test_send_from_flags_reaches_the_recipients_domains(lab: Lab, tmp_path: Path
     assert code == 0, output
     files = lab.forward_files(tmp_path)
     assert set(files) == {"one.test", "two.test"}
-    wait_until(lambda: lab.inspector_output().count("subject:    flags") == 2, 30, "the inspector to print both")
+    wait_until(lambda: len(lab.inspector_lines()) == 2, 30, "the inspector to print both")
+    assert {line["domain"] for line in lab.inspector_lines()} == {"one.test", "two.test"}
 
 
 def test_a_bad_recipient_is_refused_and_nothing_leaves_the_volume(lab: Lab, tmp_path: Path) -> None:

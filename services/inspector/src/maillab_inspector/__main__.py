@@ -259,6 +259,8 @@ def verify(
     )
     table.add_row(*(str(count) for count in counts))
     out.print(table)
+    names = ("expected", "delivered", "missing", "corrupted", "duplicated", "unsent", "damaged")
+    print("verify: " + ", ".join(f"{name} {count}" for name, count in zip(names, counts, strict=True)), flush=True)
     for message_id, domain in report.missing:
         out.print(f"missing: {message_id} in {domain}", highlight=False, markup=False)
     for (message_id, domain), problem in report.corrupted:
