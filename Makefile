@@ -47,7 +47,7 @@ $(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml
 lint: $(VENV)/.installed ## ruff and mypy over every service and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src tests
+	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src tests bench
 
 unit: $(VENV)/.installed ## Unit and SMTP-level tests (no Docker)
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
@@ -56,6 +56,9 @@ integration: $(VENV)/.installed check-compose ## Integration tests against real 
 	$(WITH_BASE) $(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
 test: lint unit integration ## Lint, unit and integration tests
+
+bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markdown tables (docs/benchmarks.md)
+	$(VENV)/bin/python -m bench.inspector
 
 clean: check-compose ## Stop the lab and delete its volume and the virtualenv
 	$(DOCKER_COMPOSE) --profile tools down --volumes --remove-orphans

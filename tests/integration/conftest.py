@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
+from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.image import DockerImage
 from testcontainers.core.network import Network
@@ -29,6 +31,30 @@ from testcontainers.core.wait_strategies import HealthcheckWaitStrategy
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("server", "inspector", "agent")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Go without the Ryuk reaper where its image cannot be had, as on an engine with no registry.
+
+    The fixtures below remove everything they create, so Ryuk is a second safety net, not
+    a need. Where TESTCONTAINERS_RYUK_DISABLED is set, that choice stands.
+    """
+    if os.environ.get("TESTCONTAINERS_RYUK_DISABLED") is not None:
+        return
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException:
+        return  # no Docker at all: the integration tests will say so themselves
+    try:
+        client.images.get(testcontainers_config.ryuk_image)
+    except docker.errors.ImageNotFound:
+        try:
+            client.images.pull(testcontainers_config.ryuk_image)
+        except docker.errors.APIError:
+            testcontainers_config.ryuk_disabled = True
+            print(f"{testcontainers_config.ryuk_image} cannot be pulled: running without the Ryuk reaper")
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""maillab's benchmarks: `make bench` runs them and prints ratios measured side by side."""

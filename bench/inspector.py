@@ -1,0 +1,203 @@
+"""Inspector benchmarks: delivery-to-print latency, per-record cost by file size, memory.
+
+Runs the real server and inspector as processes on loopback and real files in a temporary
+folder. Prints a markdown table; docs/benchmarks.md keeps the latest results.
+
+    python -m bench.inspector [--rate 500] [--seconds 5] [--big-gib 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
+from maillab_common.forward import Delivery, render_record
+from maillab_inspector.tail import ForwardTail
+
+ONE_KIB_BODY = (b"x" * 98 + b"\r\n") * 10
+
+
+def latency(rate: float, seconds: float, work: Path) -> dict[str, float]:
+    """Send at `rate` msgs/s; time from each 250 reply to the inspector printing that message."""
+    forward, port = work / "latency-forward", free_port()
+    forward.mkdir()
+    env = {
+        **os.environ,
+        "MAILLAB_FORWARD_DIR": str(forward),
+        "MAILLAB_SMTP_PORT": str(port),
+        "MAILLAB_LOG_LEVEL": "warning",
+        "MAILLAB_STATE_FILE": str(work / "state.json"),
+        "MAILLAB_READY_FILE": str(work / "ready"),
+    }
+    server = start_process([sys.executable, "-m", "maillab_server"], env)
+    inspector = start_process(
+        [sys.executable, "-m", "maillab_inspector", "watch", "--json"], env, stdout=subprocess.PIPE
+    )
+    printed: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    try:
+        wait_for_port(port)
+        while not (work / "ready").exists():
+            time.sleep(0.05)
+
+        def read() -> None:
+            assert inspector.stdout is not None
+            for line in inspector.stdout:
+                printed[json.loads(line)["message_id"]] = time.monotonic()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        count = int(rate * seconds)
+        senders = 4
+        start = time.monotonic() + 0.2
+
+        def send(worker: int) -> None:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                for index in range(worker, count, senders):
+                    delay = start + index / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    message_id = f"<lat-{index}@bench.test>"
+                    data = b"Subject: latency\r\nMessage-ID: " + message_id.encode() + b"\r\n\r\n" + ONE_KIB_BODY
+                    client.sendmail("bench@bench.test", [f"r{index % 3}@d{index % 3}.test"], data)
+                    acked[message_id] = time.monotonic()
+
+        threads = [threading.Thread(target=send, args=(worker,)) for worker in range(senders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        sent_rate = count / (max(acked.values()) - start)
+        deadline = time.monotonic() + 30
+        while len(printed) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        delays = [printed[key] - acked[key] for key in acked if key in printed]
+        return {
+            "messages": count,
+            "rate": sent_rate,
+            "printed": len(delays),
+            "p50_ms": percentile(delays, 50) * 1000,
+            "p99_ms": percentile(delays, 99) * 1000,
+            "max_ms": max(delays) * 1000,
+        }
+    finally:
+        stop_process(inspector)
+        stop_process(server)
+
+
+def per_record_cost(big_bytes: int, work: Path, records: int = 300) -> dict[str, float]:
+    """Median time to read one appended record, from a huge forward file and from an empty one."""
+    template = Delivery(
+        mail_from="a@bench.test",
+        rcpt_tos=("b@big.test",),
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        transaction_id="BENCH",
+        helo="bench",
+        peer="127.0.0.1",
+        server_name="bench",
+        tls=False,
+        message=b"Subject: cost\n\n" + b"y" * 100_000 + b"\n",
+    )
+    filler = render_record(template)
+    folder = work / "cost-forward"
+    folder.mkdir()
+    with open(folder / "big.test", "wb") as file:
+        written = 0
+        block = filler * 100
+        while written < big_bytes:
+            file.write(block)
+            written += len(block)
+    (folder / "empty.test").touch()
+    tail = ForwardTail(folder)
+    tail.skip_existing()
+    costs: dict[str, list[float]] = {"big.test": [], "empty.test": []}
+    for number in range(records):
+        record = render_record(replace(template, transaction_id=f"R{number}", message=b"Subject: r\n\nsmall\n"))
+        for name in costs:  # interleaved, so that noise falls on both alike
+            with open(folder / name, "ab") as file:
+                file.write(record)
+            started = time.perf_counter()
+            items = list(tail.poll(name))
+            costs[name].append(time.perf_counter() - started)
+            assert len(items) == 1
+    big, empty = statistics.median(costs["big.test"]), statistics.median(costs["empty.test"])
+    return {
+        "big_bytes": os.path.getsize(folder / "big.test"),
+        "big_us": big * 1e6,
+        "empty_us": empty * 1e6,
+        "ratio": big / empty,
+    }
+
+
+def memory_reading(work: Path, total_bytes: int, message_bytes: int) -> float:
+    """Peak RSS (MiB) of `inspector list` over a forward file of `total_bytes` in messages of `message_bytes`."""
+    folder = work / f"memory-{message_bytes}"
+    folder.mkdir()
+    record = render_record(
+        Delivery(
+            mail_from="a@bench.test",
+            rcpt_tos=("b@mem.test",),
+            received_at=datetime(2026, 1, 1, tzinfo=UTC),
+            transaction_id="MEM",
+            helo="bench",
+            peer="127.0.0.1",
+            server_name="bench",
+            tls=False,
+            message=b"Subject: memory\n\n" + (b"z" * 999 + b"\n") * (message_bytes // 1000),
+        )
+    )
+    with open(folder / "mem.test", "wb") as file:
+        for _ in range(max(1, total_bytes // len(record))):
+            file.write(record)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(
+        [sys.executable, "-m", "maillab_inspector", "list", "--forward-dir", str(folder)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(peak, before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--big-gib", type=float, default=1.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as folder:
+        work = Path(folder)
+        lat = latency(args.rate, args.seconds, work)
+        cost = per_record_cost(int(args.big_gib * 1024**3), work)
+        memory_small = memory_reading(work, int(args.big_gib * 1024**3), 100_000)
+        memory_large = memory_reading(work, 200 * 1024**2, 25 * 1024**2)
+    print("| inspector measure | result |")
+    print("| --- | --- |")
+    print(
+        f"| delivery-to-print latency at {lat['rate']:.0f} msgs/s ({lat['printed']:.0f} of "
+        f"{lat['messages']:.0f} printed) | p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+        f"max {lat['max_ms']:.1f} ms |"
+    )
+    print(
+        f"| read one appended record: {cost['big_bytes'] / 1024**3:.2f} GiB file vs empty file | "
+        f"{cost['big_us']:.0f} µs vs {cost['empty_us']:.0f} µs (ratio {cost['ratio']:.2f}) |"
+    )
+    print(f"| peak RSS of `inspector list` over {args.big_gib:g} GiB of 100 KB messages | {memory_small:.0f} MiB |")
+    print(f"| peak RSS of `inspector list` over 200 MiB of 25 MiB messages | {memory_large:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()
