@@ -1,9 +1,12 @@
-"""The agent's command line: the only place that opens sockets and talks to the terminal."""
+"""The agent's command line: the only place that opens sockets, runs event loops and talks to the terminal."""
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
 import random
-import smtplib
+import ssl
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -12,34 +15,52 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maillab_agent.batch import SmtpConnection, refused_text, reply_text, send_batch, write_manifest
-from maillab_agent.config import AgentConfig
+from maillab_agent.batch import Outcome, send_batch, write_manifest
+from maillab_agent.config import DEFAULT_SMTP_PORT, AgentConfig
+from maillab_agent.interactive import compose
 from maillab_agent.message import (
     DEFAULT_DOMAINS,
     Attachment,
-    UnsafeInput,
+    BadInput,
+    Outgoing,
     batch_messages,
     build_message,
-    parse_size,
+    check_mailbox,
+    parse_size_range,
 )
-from maillab_common.settings import ConfigError
+from maillab_agent.smtp import Observer, Reply, SmtpClient, SmtpConnectionError, SmtpError
+from maillab_common.settings import ConfigError, parse_host_port
 
-# Exit codes of `send`, so that scripts can tell failures apart.
+# Exit codes of `send` and `interactive`, so that scripts can tell failures apart.
 EXIT_OK = 0
+EXIT_NOT_ALL_ACCEPTED = 1  # batch: some message was not accepted
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
 EXIT_SENDER_REJECTED = 4
 EXIT_RECIPIENTS_REJECTED = 5
 EXIT_DATA_REJECTED = 6
-EXIT_NOT_ALL_ACCEPTED = 1
+EXIT_SESSION_REFUSED = 7  # STARTTLS or AUTH refused
+_EXIT_FOR_STAGE = {
+    "connect": EXIT_CONNECT,
+    "helo": EXIT_CONNECT,
+    "starttls": EXIT_SESSION_REFUSED,
+    "auth": EXIT_SESSION_REFUSED,
+    "mail": EXIT_SENDER_REJECTED,
+    "rcpt": EXIT_RECIPIENTS_REJECTED,
+    "data": EXIT_DATA_REJECTED,
+}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Put mail into the maillab lab.")
 out = Console()
 err = Console(stderr=True)
 
+ServerOption = Annotated[str | None, typer.Option(help="HOST:PORT of the SMTP server [env MAILLAB_SERVER]")]
+StartTlsOption = Annotated[bool, typer.Option(help="Upgrade the connection with STARTTLS (certificate not checked)")]
+AuthOption = Annotated[str | None, typer.Option(help="AUTH PLAIN as USER:PASS")]
+
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -57,6 +78,63 @@ def server_address(config: AgentConfig, override: str | None) -> tuple[str, int]
         fail(str(exc))
 
 
+def credentials(auth: str | None) -> tuple[str, str] | None:
+    if auth is None:
+        return None
+    user, colon, password = auth.partition(":")
+    if not colon or not user:
+        fail("--auth takes USER:PASS")
+    return user, password
+
+
+def load_attachments(paths: list[Path]) -> list[Attachment]:
+    attachments = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror}")
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        attachments.append(Attachment(filename=path.name, content_type=content_type, data=data))
+    return attachments
+
+
+def deliver(
+    outgoing: Outgoing,
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    starttls: bool = False,
+    auth: tuple[str, str] | None = None,
+    observer: Observer | None = None,
+) -> dict[str, Reply]:
+    """Send one message in a session of its own; a failure ends the program with its exit code."""
+
+    async def session() -> dict[str, Reply]:
+        client = await SmtpClient.connect(host, port, timeout=timeout, observer=observer)
+        try:
+            if starttls:
+                context = ssl.create_default_context()
+                context.check_hostname = False  # a lab's certificate is self-signed
+                context.verify_mode = ssl.CERT_NONE
+                await client.starttls(context, host, "maillab-agent")
+            if auth is not None:
+                await client.login(*auth)
+            return await client.send(outgoing.mail_from, outgoing.rcpt_tos, outgoing.wire)
+        finally:
+            await client.quit()
+
+    try:
+        return asyncio.run(session())
+    except SmtpConnectionError as exc:
+        fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
+    except SmtpError as exc:
+        detail = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in exc.refused.items()) or str(exc.reply)
+        what = {"rcpt": "every recipient refused", "mail": "sender refused", "data": "message refused"}
+        fail(f"{what.get(exc.stage, exc.stage + ' refused')}: {detail}", _EXIT_FOR_STAGE[exc.stage])
+
+
 @app.command()
 def send(
     mail_from: Annotated[str, typer.Option("--from", help="Envelope sender and From header")],
@@ -69,7 +147,9 @@ def send(
     bcc: Annotated[list[str] | None, typer.Option(help="Bcc recipient, not shown in headers (repeatable)")] = None,
     attach: Annotated[list[Path] | None, typer.Option(help="Attach this file (repeatable)")] = None,
     header: Annotated[list[str] | None, typer.Option(help="Extra header 'Name: value' (repeatable)")] = None,
-    server: Annotated[str | None, typer.Option(help="HOST:PORT of the SMTP server [env MAILLAB_SERVER]")] = None,
+    server: ServerOption = None,
+    starttls: StartTlsOption = False,
+    auth: AuthOption = None,
 ) -> None:
     """Send one message built from flags."""
     config = load_config()
@@ -78,17 +158,16 @@ def send(
         fail("give --body or --body-file, not both")
     text = body if body is not None else "This is a maillab test message.\n"
     if body_file is not None:
-        text = _read_file(body_file).decode("utf-8", errors="replace")
+        try:
+            text = body_file.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            fail(f"cannot read {body_file}: {exc.strerror}")
     headers = []
     for item in header or []:
         name, colon, value = item.partition(":")
         if not colon or not name.strip():
             fail(f"--header {item!r} is not of the form 'Name: value'")
         headers.append((name.strip(), value.strip()))
-    attachments = [
-        Attachment(filename=path.name, content_type="application/octet-stream", data=_read_file(path))
-        for path in attach or []
-    ]
     try:
         outgoing = build_message(
             mail_from=mail_from,
@@ -98,88 +177,137 @@ def send(
             subject=subject,
             body=text,
             html_body=html_body,
-            attachments=attachments,
+            attachments=load_attachments(attach or []),
             headers=headers,
             message_id=f"<send-{random.getrandbits(64):016x}@maillab-agent.test>",
         )
-    except UnsafeInput as exc:
+    except BadInput as exc:
         fail(str(exc))
+    refused = deliver(outgoing, host, port, timeout=config.timeout, starttls=starttls, auth=credentials(auth))
+    for rcpt, reply in refused.items():
+        err.print(f"refused {rcpt}: {reply}", highlight=False, markup=False)
+    accepted = len(outgoing.rcpt_tos) - len(refused)
+    out.print(f"sent {outgoing.message_id} to {accepted} recipient(s)", highlight=False, markup=False)
+
+
+@app.command()
+def interactive(
+    host: Annotated[str | None, typer.Argument(help="SMTP server host [env MAILLAB_SERVER]")] = None,
+    port: Annotated[int | None, typer.Argument(min=1, max=65535, help="SMTP server port")] = None,
+    starttls: StartTlsOption = False,
+    auth: AuthOption = None,
+) -> None:
+    """Ask for From, To, Subject, Message (end with a line holding only '.') and Attachment, then send.
+
+    Each SMTP command (C:) and server reply (S:) is printed as it happens. At end of input
+    nothing is sent. Works the same with a pipe on standard input.
+    """
+    config = load_config()
+    if host is None:
+        host, default_port = server_address(config, None)
+    else:
+        try:
+            host, default_port = parse_host_port(host, name="HOST", default_port=DEFAULT_SMTP_PORT)
+        except ConfigError as exc:
+            fail(str(exc))
+    login = credentials(auth)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    draft = compose(sys.stdin.readline, write)
+    if draft is None:
+        write("\n")
+        return
     try:
-        with smtplib.SMTP(host, port, timeout=config.timeout) as client:
-            refused = client.sendmail(outgoing.mail_from, list(outgoing.rcpt_tos), outgoing.data)
-    except smtplib.SMTPSenderRefused as exc:
-        fail(f"sender refused: {reply_text(exc.smtp_code, exc.smtp_error)}", EXIT_SENDER_REJECTED)
-    except smtplib.SMTPRecipientsRefused as exc:
-        fail(f"every recipient refused: {refused_text(exc.recipients)}", EXIT_RECIPIENTS_REJECTED)
-    except smtplib.SMTPDataError as exc:
-        fail(f"message refused: {reply_text(exc.smtp_code, exc.smtp_error)}", EXIT_DATA_REJECTED)
-    except (OSError, smtplib.SMTPException) as exc:
-        fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
-    for rcpt, (code, reply) in refused.items():
-        err.print(f"refused {rcpt}: {reply_text(code, reply)}", highlight=False)
-    out.print(f"sent {outgoing.message_id} to {len(outgoing.rcpt_tos) - len(refused)} recipient(s)", highlight=False)
+        outgoing = build_message(
+            mail_from=draft.mail_from,
+            to=draft.to,
+            subject=draft.subject,
+            body=draft.body,
+            attachments=load_attachments(list(draft.attachments)),
+            message_id=f"<interactive-{random.getrandbits(64):016x}@maillab-agent.test>",
+        )
+    except BadInput as exc:
+        fail(str(exc))
+
+    def show(side: str, line: str) -> None:
+        write(f"{side}: {line}\n")
+
+    deliver(outgoing, host, port or default_port, timeout=config.timeout, starttls=starttls, auth=login, observer=show)
 
 
 @app.command()
 def batch(
     count: Annotated[int, typer.Option(min=1, help="How many messages")] = 10,
     attachments: Annotated[int, typer.Option(min=0, help="Attachments per message")] = 1,
-    attachment_size: Annotated[str, typer.Option(help="Size of each attachment, e.g. 100KiB")] = "8KiB",
+    attachment_size: Annotated[
+        str, typer.Option(help="Size of each attachment: 100KiB, or a range 1KiB-1MiB")
+    ] = "8KiB",
+    html: Annotated[bool, typer.Option(help="Add an HTML alternative to each text body")] = False,
     concurrency: Annotated[int, typer.Option(min=1, help="Concurrent SMTP connections")] = 4,
     domains: Annotated[str, typer.Option(help="Comma-separated recipient domains")] = ",".join(DEFAULT_DOMAINS),
     recipients_per_message: Annotated[int, typer.Option(min=1, help="Recipients per message")] = 1,
+    rate: Annotated[str | None, typer.Option(help="At most this many messages a second, e.g. 50/s")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same messages")] = None,
     manifest: Annotated[
         Path | None, typer.Option(help="Write a JSON manifest of what was sent here [env MAILLAB_MANIFEST]")
     ] = None,
-    server: Annotated[str | None, typer.Option(help="HOST:PORT of the SMTP server [env MAILLAB_SERVER]")] = None,
+    server: ServerOption = None,
 ) -> None:
-    """Send COUNT generated test messages with attachments, concurrently."""
+    """Send COUNT generated test messages with attachments, concurrently, and report."""
     config = load_config()
     host, port = server_address(config, server)
     manifest = manifest or config.manifest
-    try:
-        size = parse_size(attachment_size)
-    except ValueError as exc:
-        fail(f"--attachment-size: {exc}")
+    per_second = _rate(rate)
     domain_list = tuple(domain.strip() for domain in domains.split(",") if domain.strip())
     if not domain_list:
         fail("--domains names no domain")
     if seed is None:
         seed = random.randrange(1_000_000)
     try:
+        sizes = parse_size_range(attachment_size)
+        for domain in domain_list:
+            check_mailbox(f"user@{domain}")
         messages = batch_messages(
             seed=seed,
             count=count,
             attachments=attachments,
-            attachment_size=size,
+            attachment_size=sizes,
+            html=html,
             domains=domain_list,
             recipients_per_message=recipients_per_message,
         )
-    except UnsafeInput as exc:
+    except BadInput as exc:
         fail(str(exc))
     _check_reachable(host, port, config.timeout)
     err.print(
         f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)", highlight=False
     )
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
+    columns = (
+        TextColumn("sending"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
-        console=err,
-    ) as progress:
+    )
+    with Progress(*columns, console=err) as progress:
         task = progress.add_task("sending", total=count, rate="")
         started = progress.get_time()
 
-        def advance(_outcome: object) -> None:
+        def advance(_outcome: Outcome) -> None:
             done = progress.tasks[task].completed + 1
-            elapsed = max(progress.get_time() - started, 1e-6)
-            progress.update(task, advance=1, rate=f"{done / elapsed:.0f} msg/s")
+            progress.update(task, advance=1, rate=f"{done / max(progress.get_time() - started, 1e-6):.0f} msg/s")
 
         report = send_batch(
-            messages, host=host, port=port, concurrency=concurrency, timeout=config.timeout, on_outcome=advance
+            messages,
+            host=host,
+            port=port,
+            concurrency=concurrency,
+            timeout=config.timeout,
+            rate=per_second,
+            on_outcome=advance,
         )
     if manifest is not None:
         try:
@@ -210,21 +338,30 @@ def batch(
         raise typer.Exit(EXIT_NOT_ALL_ACCEPTED)
 
 
+def _rate(text: str | None) -> float | None:
+    if text is None:
+        return None
+    number = text.strip().removesuffix("/s")
+    try:
+        value = float(number)
+    except ValueError:
+        fail(f"--rate {text!r} is not a rate such as 50/s")
+    if not value > 0:
+        fail("--rate must be above 0")
+    return value
+
+
 def _check_reachable(host: str, port: int, timeout: float) -> None:
-    connection = SmtpConnection(host, port, timeout)
+    """Fail at once, with the connect exit code, rather than retry every message against nothing."""
+
+    async def probe() -> None:
+        client = await SmtpClient.connect(host, port, timeout=timeout)
+        await client.quit()
+
     try:
-        connection.open()
-    except (OSError, smtplib.SMTPException) as exc:
+        asyncio.run(probe())
+    except (SmtpConnectionError, SmtpError) as exc:
         fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
-    finally:
-        connection.close()
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
 
 
 def main() -> None:

@@ -1,26 +1,25 @@
 """Sending many messages over a few reused SMTP connections, with bounded retries.
 
-Each of `concurrency` worker threads keeps one connection open and sends message after
-message on it. A 4xx reply or a dropped connection is retried with a growing pause; a
-5xx reply is final. Threads were chosen over an asyncio client because smtplib is in the
-standard library and the work is waiting on the server, which releases the GIL.
+Each of `concurrency` workers on one event loop keeps one connection open and sends
+message after message on it, pipelined where the server offers PIPELINING. A 4xx reply or
+a dropped connection is retried with a growing pause; a 5xx reply is final. An asyncio
+client was chosen over smtplib in threads by measuring: docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import os
-import queue
-import smtplib
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maillab_agent.message import Outgoing
+from maillab_agent.smtp import Reply, SmtpClient, SmtpConnectionError, SmtpError
 
 MAX_ATTEMPTS = 4
 FIRST_PAUSE = 0.2
@@ -62,124 +61,111 @@ class BatchReport:
         return statistics.quantiles(latencies, n=100, method="inclusive")[percent - 1]
 
 
-class SmtpConnection:
-    """One SMTP connection, opened when first needed and opened again after a drop."""
+class _Session:
+    """One worker's connection: opened when first needed, and opened again after a drop."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self._address = (host, port)
         self._timeout = timeout
-        self._client: smtplib.SMTP | None = None
+        self._client: SmtpClient | None = None
 
-    def open(self) -> smtplib.SMTP:
+    async def send(self, outgoing: Outgoing) -> dict[str, Reply]:
         if self._client is None:
-            client = smtplib.SMTP(*self._address, timeout=self._timeout)
-            client.ehlo_or_helo_if_needed()
-            self._client = client
-        return self._client
-
-    def send(self, outgoing: Outgoing) -> dict[str, tuple[int, bytes]]:
-        return self.open().sendmail(outgoing.mail_from, list(outgoing.rcpt_tos), outgoing.data)
+            self._client = await SmtpClient.connect(*self._address, timeout=self._timeout)
+        return await self._client.send(outgoing.mail_from, outgoing.rcpt_tos, outgoing.wire)
 
     def drop(self) -> None:
         if self._client is not None:
-            try:
-                self._client.close()
-            finally:
-                self._client = None
+            self._client.abort()
+            self._client = None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._client is not None:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                self._client.quit()
-            self.drop()
+            await self._client.quit()
+            self._client = None
 
 
-def reply_text(code: int, text: bytes | str) -> str:
-    """An SMTP reply as one line for people, whatever smtplib handed over."""
-    message = text.decode(errors="replace") if isinstance(text, bytes) else text
-    return f"{code} {' '.join(message.split())}"
+class _Pacer:
+    """Spaces message starts `1/rate` seconds apart across all workers."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1 / rate if rate else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = time.monotonic()
+        slot = max(self._next, now)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
-def refused_text(recipients: dict[str, tuple[int, bytes]]) -> str:
-    return "; ".join(f"{rcpt}: {reply_text(code, text)}" for rcpt, (code, text) in recipients.items())
-
-
-def send_one(connection: SmtpConnection, outgoing: Outgoing, index: int) -> Outcome:
+async def send_one(session: _Session, outgoing: Outgoing, index: int) -> Outcome:
     started = time.monotonic()
     reply = ""
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            refused = connection.send(outgoing)
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            reply = "every recipient refused: " + refused_text(exc.recipients)
-            if not all(400 <= code < 500 for code in codes):
-                return Outcome(index, False, attempt, reply, tuple(exc.recipients), time.monotonic() - started)
-        except smtplib.SMTPResponseException as exc:
-            reply = reply_text(exc.smtp_code, exc.smtp_error)
-            if not 400 <= exc.smtp_code < 500:
-                return Outcome(index, False, attempt, reply, (), time.monotonic() - started)
-            if exc.smtp_code == 421:
-                connection.drop()
-        except (OSError, smtplib.SMTPException) as exc:
+            refused = await session.send(outgoing)
+        except SmtpError as exc:
+            reply = f"{exc.stage}: {exc.reply}"
+            if exc.stage == "rcpt":
+                reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in exc.refused.items())
+            retry = exc.reply.transient and all(rep.transient for rep in exc.refused.values())
+            if not retry:
+                return Outcome(index, False, attempt, reply, tuple(exc.refused), time.monotonic() - started)
+            if exc.reply.code == 421:
+                session.drop()
+        except SmtpConnectionError as exc:
             reply = f"connection failed: {exc}"
-            connection.drop()
+            session.drop()
         else:
-            return Outcome(
-                index,
-                not refused,
-                attempt,
-                "250 accepted" if not refused else "some recipients refused",
-                tuple(refused),
-                time.monotonic() - started,
-            )
+            summary = "250 accepted" if not refused else "some recipients refused"
+            return Outcome(index, not refused, attempt, summary, tuple(refused), time.monotonic() - started)
         if attempt < MAX_ATTEMPTS:
-            time.sleep(min(MAX_PAUSE, FIRST_PAUSE * 2 ** (attempt - 1)))
+            await asyncio.sleep(min(MAX_PAUSE, FIRST_PAUSE * 2 ** (attempt - 1)))
     return Outcome(index, False, MAX_ATTEMPTS, reply, (), time.monotonic() - started)
 
 
-def send_batch(
+async def send_batch_async(
     messages: Sequence[Outgoing],
     *,
     host: str,
     port: int,
     concurrency: int,
     timeout: float,
+    rate: float | None = None,
     on_outcome: Callable[[Outcome], None] = lambda outcome: None,
 ) -> BatchReport:
-    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(messages)):
-        todo.put(index)
+    todo = iter(range(len(messages)))
     outcomes: list[Outcome] = []
-    lock = threading.Lock()
+    pacer = _Pacer(rate)
 
-    def work() -> None:
-        connection = SmtpConnection(host, port, timeout)
+    async def work() -> None:
+        session = _Session(host, port, timeout)
         try:
-            while True:
-                try:
-                    index = todo.get_nowait()
-                except queue.Empty:
-                    return
-                outcome = send_one(connection, messages[index], index)
-                with lock:
-                    outcomes.append(outcome)
+            for index in todo:  # one iterator shared by all workers
+                await pacer.wait()
+                outcome = await send_one(session, messages[index], index)
+                outcomes.append(outcome)
                 on_outcome(outcome)
         finally:
-            connection.close()
+            await session.close()
 
     started = time.monotonic()
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(concurrency, len(messages))))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    await asyncio.gather(*(work() for _ in range(max(1, min(concurrency, len(messages))))))
     outcomes.sort(key=lambda outcome: outcome.index)
     return BatchReport(
         outcomes=tuple(outcomes),
         elapsed=time.monotonic() - started,
         bytes_sent=sum(len(messages[outcome.index].data) for outcome in outcomes if outcome.accepted),
     )
+
+
+def send_batch(messages: Sequence[Outgoing], **options: Any) -> BatchReport:
+    """send_batch_async on an event loop of its own."""
+    return asyncio.run(send_batch_async(messages, **options))
 
 
 def write_manifest(path: Path, *, seed: int, server: str, messages: Sequence[Outgoing], report: BatchReport) -> None:

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
+from functools import cached_property
+
+from maillab_agent.smtp import wire_data
 
 DEFAULT_DOMAINS = ("alpha.test", "beta.test", "gamma.test")
 DEFAULT_SENDER = "agent@maillab.test"
@@ -25,8 +28,38 @@ _SIZE = re.compile(r"\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
 
 
-class UnsafeInput(ValueError):
+# RFC 5321 section 4.1.2 <Mailbox>, with RFC 6531's UTF-8 allowed in atoms and labels.
+_UTF8 = "\u0080-\U0010ffff"
+_ATEXT = f"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{_UTF8}-]"
+_DOT_STRING = f"{_ATEXT}+(?:\\.{_ATEXT}+)*"
+_QUOTED_STRING = f'"(?:[\\x20\\x21\\x23-\\x5b\\x5d-\\x7e{_UTF8}]|\\\\[\\x20-\\x7e])*"'
+_LET_DIG = f"[A-Za-z0-9{_UTF8}]"
+_SUB_DOMAIN = f"{_LET_DIG}(?:[A-Za-z0-9{_UTF8}-]*{_LET_DIG})?"
+_ADDRESS_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]"
+_MAILBOX = re.compile(f"({_DOT_STRING}|{_QUOTED_STRING})@({_SUB_DOMAIN}(?:\\.{_SUB_DOMAIN})*|{_ADDRESS_LITERAL})")
+
+
+class BadInput(ValueError):
+    """Input the agent refuses before anything reaches the wire."""
+
+
+class UnsafeInput(BadInput):
     """A value that would put a line break into a header or an SMTP command."""
+
+
+class InvalidMailbox(BadInput):
+    """An address that is not an RFC 5321 <Mailbox>."""
+
+
+def check_mailbox(address: str) -> str:
+    """`address` if it is an RFC 5321 mailbox (local-part@domain); InvalidMailbox otherwise."""
+    require_single_line(address, "an address")
+    match = _MAILBOX.fullmatch(address)
+    if match is None:
+        raise InvalidMailbox(f"{address!r} is not a valid mailbox: expected local-part@domain (RFC 5321)")
+    if len(match[1].encode()) > 64 or len(match[2].encode()) > 255:
+        raise InvalidMailbox(f"{address!r} is too long: at most 64 bytes before the @ and 255 after")
+    return address
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,11 @@ class Outgoing:
     attachments: tuple[Attachment, ...]
     data: bytes  # the message as sent, CRLF line endings
 
+    @cached_property
+    def wire(self) -> bytes:
+        """The DATA payload: dot-stuffed and ended by '.'; made once, sent on every attempt."""
+        return wire_data(self.data)
+
     def manifest_entry(self) -> dict[str, object]:
         return {
             "message_id": self.message_id,
@@ -80,8 +118,17 @@ def parse_size(text: str) -> int:
     """'100KiB', '2M', '512' (bytes) -> a byte count."""
     match = _SIZE.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a size such as 512, 100KiB or 2MiB")
+        raise BadInput(f"{text!r} is not a size such as 512, 100KiB or 2MiB")
     return int(match[1]) * _SIZE_UNITS[(match[2] or "").lower()]
+
+
+def parse_size_range(text: str) -> tuple[int, int]:
+    """'100KiB' -> (102400, 102400); '10KiB-1MiB' -> (10240, 1048576)."""
+    low, dash, high = text.partition("-")
+    sizes = (parse_size(low), parse_size(high)) if dash else (parse_size(text),) * 2
+    if sizes[0] > sizes[1]:
+        raise BadInput(f"{text!r}: the smaller size comes first")
+    return sizes
 
 
 def build_message(
@@ -99,7 +146,7 @@ def build_message(
     boundary_seed: str | None = None,
 ) -> Outgoing:
     for address in (mail_from, *to, *cc, *bcc):
-        require_single_line(address, "an address")
+        check_mailbox(address)
     require_single_line(subject, "the subject")
     message = EmailMessage(policy=SMTP)
     message["From"] = mail_from
@@ -139,7 +186,8 @@ def batch_messages(
     seed: int,
     count: int,
     attachments: int,
-    attachment_size: int = 8 * 1024,
+    attachment_size: tuple[int, int] = (8 * 1024, 8 * 1024),
+    html: bool = False,
     domains: Sequence[str] = DEFAULT_DOMAINS,
     recipients_per_message: int = 1,
     mail_from: str = DEFAULT_SENDER,
@@ -153,15 +201,19 @@ def batch_messages(
             for offset in range(recipients_per_message)
         ]
         files = tuple(
-            make_attachment(rng, kind=(index + number) % len(ATTACHMENT_KINDS), number=number, size=attachment_size)
+            make_attachment(
+                rng, kind=(index + number) % len(ATTACHMENT_KINDS), number=number, size=rng.randint(*attachment_size)
+            )
             for number in range(attachments)
         )
+        body = _words(rng, 40) + "\n"
         messages.append(
             build_message(
                 mail_from=mail_from,
                 to=recipients,
                 subject=f"maillab batch {seed} message {index + 1} of {count}",
-                body=_words(rng, 40) + "\n",
+                body=body,
+                html_body=f"<html><body><p>{body}</p></body></html>\n" if html else None,
                 attachments=files,
                 message_id=f"<batch-{seed}-{index + 1}@maillab-agent.test>",
                 boundary_seed=f"{seed}_{index + 1}",

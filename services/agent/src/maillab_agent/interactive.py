@@ -1,0 +1,84 @@
+"""The interactive mode: the classic course client's prompts, asked line by line.
+
+`compose` asks for From, To, Subject, Message (lines up to one holding only '.') and
+Attachment on the streams it is given, checks each answer and asks again after a bad one.
+It works the same whether a person types or a pipe feeds it, and returns None at end of
+input, so that nothing is sent. Sending is the caller's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from maillab_agent.message import BadInput, check_mailbox, require_single_line
+
+T = TypeVar("T")
+ReadLine = Callable[[], str]  # returns "" at end of input, like TextIO.readline
+Write = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Draft:
+    mail_from: str
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    attachments: tuple[Path, ...]
+
+
+def compose(read_line: ReadLine, write: Write) -> Draft | None:
+    mail_from = _ask(read_line, write, "From: ", check_mailbox)
+    if mail_from is None:
+        return None
+    to = _ask(read_line, write, "To: ", _mailboxes)
+    if to is None:
+        return None
+    subject = _ask(read_line, write, "Subject: ", lambda text: require_single_line(text, "the subject"))
+    if subject is None:
+        return None
+    write("Message: ")
+    lines = []
+    while (line := read_line()) != "":
+        text = line.rstrip("\r\n")
+        if text == ".":
+            break
+        lines.append(text)
+    else:
+        return None  # end of input inside the message: send nothing
+    attachments = _ask(read_line, write, "Attachment: ", _attachment_paths)
+    if attachments is None:
+        return None
+    return Draft(mail_from, to, subject, "".join(f"{line}\n" for line in lines), attachments)
+
+
+def _ask(read_line: ReadLine, write: Write, prompt: str, parse: Callable[[str], T]) -> T | None:
+    while True:
+        write(prompt)
+        line = read_line()
+        if line == "":
+            return None
+        try:
+            return parse(line.rstrip("\r\n").strip())
+        except BadInput as exc:
+            write(f"error: {exc}\n")
+
+
+def _mailboxes(text: str) -> tuple[str, ...]:
+    addresses = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not addresses:
+        raise BadInput("give at least one recipient (comma-separated)")
+    return tuple(check_mailbox(address) for address in addresses)
+
+
+def _attachment_paths(text: str) -> tuple[Path, ...]:
+    paths = tuple(Path(part.strip()).expanduser() for part in text.split(",") if part.strip())
+    for path in paths:
+        if not path.is_file():
+            raise BadInput(f"{path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise BadInput(f"{path}: not readable")
+    return paths
