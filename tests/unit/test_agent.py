@@ -18,6 +18,7 @@ from maillab_agent.batch import send_batch, write_manifest
 from maillab_agent.message import ATTACHMENT_KINDS, UnsafeInput, batch_messages, build_message, parse_size
 from maillab_common.forward import Record, parse_records
 from maillab_inspector.render import attachment_payloads
+from maillab_server.handler import advertise_pipelining
 from tests.unit.conftest import StartServer, free_port
 
 
@@ -104,7 +105,17 @@ def test_the_manifest_matches_what_the_server_stored(start_server: StartServer, 
     assert found == expected
 
 
-class FlakyHandler:
+class Pipelining:
+    """Test handlers advertise PIPELINING, so that the agent's pipelined path is the one tested."""
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return advertise_pipelining(responses)
+
+
+class FlakyHandler(Pipelining):
     """Answers 451 to the first DATA of each message, then accepts it."""
 
     def __init__(self) -> None:
@@ -120,7 +131,7 @@ class FlakyHandler:
         return "250 OK"
 
 
-class RefusingHandler:
+class RefusingHandler(Pipelining):
     def __init__(self) -> None:
         self.attempts = 0
 
@@ -231,3 +242,37 @@ def test_batch_cli_writes_a_manifest(start_server: StartServer, tmp_path: Path) 
     manifest = json.loads((tmp_path / "m.json").read_text())
     assert manifest["seed"] == 11
     assert [entry["accepted"] for entry in manifest["messages"]] == [True] * 6
+
+
+class DroppingHandler(Pipelining):
+    """Drops the connection instead of answering the third DATA; accepts everything else."""
+
+    def __init__(self) -> None:
+        self.datas = 0
+        self.accepted: list[bytes] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.datas += 1
+        if self.datas == 3:
+            assert server.transport is not None
+            server.transport.close()
+            return "421 4.3.0 gone"  # never reaches the client
+        self.accepted.append(envelope.original_content or b"")
+        return "250 OK"
+
+
+def test_a_dropped_connection_loses_nothing(start_server: StartServer) -> None:
+    handler = DroppingHandler()
+    server = start_server(handler)
+    messages = batch_messages(seed=8, count=8, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=1, timeout=10)
+    assert report.accepted == 8
+    assert sorted(handler.accepted) == sorted(m.data for m in messages)
+
+
+def test_rate_spaces_the_messages(start_server: StartServer) -> None:
+    server = start_server()
+    messages = batch_messages(seed=9, count=6, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=3, timeout=10, rate=10.0)
+    assert report.accepted == 6
+    assert report.elapsed >= 0.5  # six starts, a tenth of a second apart: a floor, not a speed

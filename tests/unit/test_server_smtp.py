@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import smtplib
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,27 @@ def test_handler_hooks_called_directly(tmp_path: Path) -> None:
         assert envelope.rcpt_tos == ["ok@x.test"]
     finally:
         session.loop.close()
+
+
+def test_ehlo_advertises_pipelining_and_pipelined_commands_are_answered_in_order(server: ServerController) -> None:
+    with socket.create_connection((server.hostname, server.port), timeout=10) as connection:
+        replies = connection.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        connection.sendall(b"EHLO client.test\r\n")
+        ehlo = [replies.readline()]
+        while ehlo[-1][3:4] == b"-":
+            ehlo.append(replies.readline())
+        assert b"250-PIPELINING\r\n" in ehlo
+        envelope = b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@one.test>\r\nRCPT TO:<c@../x>\r\nDATA\r\n"
+        connection.sendall(envelope)
+        codes = [replies.readline()[:3] for _ in range(4)]
+        assert codes == [b"250", b"250", b"553", b"354"]
+        # The content, its end, and the next transaction's commands in one write.
+        connection.sendall(b"Subject: one\r\n\r\nfirst\r\n.\r\n" + envelope.replace(b"b@one", b"d@one"))
+        codes = [replies.readline()[:3] for _ in range(5)]
+        assert codes == [b"250", b"250", b"250", b"553", b"354"]
+        connection.sendall(b"Subject: two\r\n\r\nsecond\r\n.\r\nQUIT\r\n")
+        assert replies.readline()[:3] == b"250"
+        assert replies.readline()[:3] == b"221"
+    records = stored(server.config.forward_dir, "one.test")
+    assert [record.delivery.rcpt_tos for record in records] == [("b@one.test",), ("d@one.test",)]

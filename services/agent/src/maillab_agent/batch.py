@@ -9,6 +9,7 @@ client was chosen over smtplib in threads by measuring: docs/benchmarks.md has t
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import statistics
@@ -61,71 +62,45 @@ class BatchReport:
         return statistics.quantiles(latencies, n=100, method="inclusive")[percent - 1]
 
 
-class _Session:
-    """One worker's connection: opened when first needed, and opened again after a drop."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self._address = (host, port)
-        self._timeout = timeout
-        self._client: SmtpClient | None = None
-
-    async def send(self, outgoing: Outgoing) -> dict[str, Reply]:
-        if self._client is None:
-            self._client = await SmtpClient.connect(*self._address, timeout=self._timeout)
-        return await self._client.send(outgoing.mail_from, outgoing.rcpt_tos, outgoing.wire)
-
-    def drop(self) -> None:
-        if self._client is not None:
-            self._client.abort()
-            self._client = None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.quit()
-            self._client = None
+@dataclass
+class _Job:
+    index: int
+    started: float
+    attempt: int = 1
 
 
-class _Pacer:
-    """Spaces message starts `1/rate` seconds apart across all workers."""
+class _Jobs:
+    """The messages still to send, fresh ones and retries due later, shared by all workers."""
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, count: int, rate: float | None) -> None:
+        self._fresh = iter(range(count))
+        self._fresh_left = count
+        self._retries: list[tuple[float, int, _Job]] = []  # a heap by due time
         self._interval = 1 / rate if rate else 0.0
-        self._next = 0.0
+        self._next_start = 0.0
 
-    async def wait(self) -> None:
-        if not self._interval:
-            return
+    def take(self) -> _Job | None:
+        """A job due now, or None when none is (see `wait`)."""
         now = time.monotonic()
-        slot = max(self._next, now)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        if self._retries and self._retries[0][0] <= now:
+            return heapq.heappop(self._retries)[2]
+        if not self._fresh_left or now < self._next_start:
+            return None
+        self._fresh_left -= 1
+        self._next_start = max(self._next_start, now) + self._interval
+        return _Job(index=next(self._fresh), started=now)
 
+    def retry(self, job: _Job) -> None:
+        pause = min(MAX_PAUSE, FIRST_PAUSE * 2 ** (job.attempt - 1))
+        job.attempt += 1
+        heapq.heappush(self._retries, (time.monotonic() + pause, job.index, job))
 
-async def send_one(session: _Session, outgoing: Outgoing, index: int) -> Outcome:
-    started = time.monotonic()
-    reply = ""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            refused = await session.send(outgoing)
-        except SmtpError as exc:
-            reply = f"{exc.stage}: {exc.reply}"
-            if exc.stage == "rcpt":
-                reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in exc.refused.items())
-            retry = exc.reply.transient and all(rep.transient for rep in exc.refused.values())
-            if not retry:
-                return Outcome(index, False, attempt, reply, tuple(exc.refused), time.monotonic() - started)
-            if exc.reply.code == 421:
-                session.drop()
-        except SmtpConnectionError as exc:
-            reply = f"connection failed: {exc}"
-            session.drop()
-        else:
-            summary = "250 accepted" if not refused else "some recipients refused"
-            return Outcome(index, not refused, attempt, summary, tuple(refused), time.monotonic() - started)
-        if attempt < MAX_ATTEMPTS:
-            await asyncio.sleep(min(MAX_PAUSE, FIRST_PAUSE * 2 ** (attempt - 1)))
-    return Outcome(index, False, MAX_ATTEMPTS, reply, (), time.monotonic() - started)
+    def wait(self) -> float | None:
+        """Seconds until a job is due (0: now); None when nothing is left to take."""
+        due = [self._retries[0][0]] if self._retries else []
+        if self._fresh_left:
+            due.append(self._next_start)
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
 
 async def send_batch_async(
@@ -138,20 +113,66 @@ async def send_batch_async(
     rate: float | None = None,
     on_outcome: Callable[[Outcome], None] = lambda outcome: None,
 ) -> BatchReport:
-    todo = iter(range(len(messages)))
+    jobs = _Jobs(len(messages), rate)
     outcomes: list[Outcome] = []
-    pacer = _Pacer(rate)
+
+    def settle(job: _Job, result: dict[str, Reply] | SmtpError | SmtpConnectionError) -> None:
+        if isinstance(result, dict):
+            reply = "250 accepted" if not result else "some recipients refused"
+            finish(job, not result, reply, tuple(result))
+            return
+        refused: tuple[str, ...] = ()
+        if isinstance(result, SmtpConnectionError):
+            reply, transient = f"connection failed: {result}", True
+        else:
+            reply, refused = f"{result.stage}: {result.reply}", tuple(result.refused)
+            if result.stage == "rcpt":
+                reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in result.refused.items())
+            transient = result.reply.transient and all(rep.transient for rep in result.refused.values())
+        if transient and job.attempt < MAX_ATTEMPTS:
+            jobs.retry(job)
+        else:
+            finish(job, False, reply, refused)
+
+    def finish(job: _Job, accepted: bool, reply: str, refused: tuple[str, ...]) -> None:
+        outcome = Outcome(job.index, accepted, job.attempt, reply, refused, time.monotonic() - job.started)
+        outcomes.append(outcome)
+        on_outcome(outcome)
 
     async def work() -> None:
-        session = _Session(host, port, timeout)
+        client: SmtpClient | None = None
         try:
-            for index in todo:  # one iterator shared by all workers
-                await pacer.wait()
-                outcome = await send_one(session, messages[index], index)
-                outcomes.append(outcome)
-                on_outcome(outcome)
+            while (wait := jobs.wait()) is not None:
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                in_flight: list[_Job] = []
+
+                def take(in_flight: list[_Job] = in_flight) -> _Job | None:
+                    job = jobs.take()
+                    if job is not None:
+                        in_flight.append(job)
+                    return job
+
+                try:
+                    if client is None:
+                        client = await SmtpClient.connect(host, port, timeout=timeout)
+                    async for job, result in client.send_stream(take, lambda job: envelope(messages[job.index])):
+                        in_flight.remove(job)
+                        settle(job, result)
+                        if isinstance(result, SmtpError) and result.reply.code == 421:
+                            raise SmtpConnectionError(f"the server is closing the connection: {result.reply}")
+                except SmtpConnectionError as exc:
+                    if client is not None:
+                        client.abort()
+                        client = None
+                    if not in_flight:
+                        take()  # no connection: the next job pays with an attempt, so that retries end
+                    for job in in_flight:
+                        settle(job, exc)
         finally:
-            await session.close()
+            if client is not None:
+                await client.quit()
 
     started = time.monotonic()
     await asyncio.gather(*(work() for _ in range(max(1, min(concurrency, len(messages))))))
@@ -161,6 +182,10 @@ async def send_batch_async(
         elapsed=time.monotonic() - started,
         bytes_sent=sum(len(messages[outcome.index].data) for outcome in outcomes if outcome.accepted),
     )
+
+
+def envelope(message: Outgoing) -> tuple[str, Sequence[str], bytes]:
+    return message.mail_from, message.rcpt_tos, message.wire
 
 
 def send_batch(messages: Sequence[Outgoing], **options: Any) -> BatchReport:

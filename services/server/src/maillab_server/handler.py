@@ -33,11 +33,27 @@ def trace_safe(text: str) -> str:
     return "".join(c if c.isprintable() and c not in " ()" else "_" for c in text) or "unknown"
 
 
+def advertise_pipelining(responses: list[str]) -> list[str]:
+    """The EHLO reply with PIPELINING (RFC 2920) added before its last line.
+
+    aiosmtpd reads commands one at a time from its stream and answers each in order, so
+    pipelined commands already work; it just does not say so, and clients then wait for
+    every reply before the next command.
+    """
+    return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class ForwardHandler:
     def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
         self._store = store
         self._config = config
         self.in_flight = 0
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return advertise_pipelining(responses)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
