@@ -71,6 +71,8 @@ class SmtpClient:
         self._writer = writer
         self._timeout = timeout
         self._observe = observer
+        self._buffer = b""  # received and not yet read: see _read_line
+        self._position = 0
         self.extensions: dict[str, str] = {}
 
     @classmethod
@@ -284,18 +286,33 @@ class SmtpClient:
     async def _read_reply(self) -> Reply:
         """One reply, maybe of several lines; the caller bounds the wait."""
         lines = []
-        try:
-            while True:
-                line = (await self._reader.readuntil(b"\n")).decode("utf-8", errors="replace").rstrip("\r\n")
-                if self._observe:
-                    self._observe("S", line)
-                code = line[:3]
-                if not code.isdigit() or len(code) < 3:
-                    raise SmtpConnectionError(f"not an SMTP reply: {line!r}")
-                lines.append(line[4:])
-                if line[3:4] != "-":
-                    return Reply(int(code), lines[0] if len(lines) == 1 else "\n".join(lines))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            raise SmtpConnectionError(f"the connection was lost: {exc}") from exc
-        except asyncio.LimitOverrunError as exc:
-            raise SmtpConnectionError("a reply line over 1 MiB") from exc
+        while True:
+            line = (await self._read_line()).decode("utf-8", errors="replace")
+            if self._observe:
+                self._observe("S", line)
+            code = line[:3]
+            if not code.isdigit() or len(code) < 3:
+                raise SmtpConnectionError(f"not an SMTP reply: {line!r}")
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return Reply(int(code), lines[0] if len(lines) == 1 else "\n".join(lines))
+
+    async def _read_line(self) -> bytes:
+        """The next line without its end. Reads whatever has arrived at once: a pipelined
+        group's replies come in one segment, and are then split here without waiting again."""
+        end = self._buffer.find(b"\n", self._position)
+        while end == -1:
+            if len(self._buffer) - self._position > _READ_LIMIT:
+                raise SmtpConnectionError("a reply line over 1 MiB")
+            try:
+                chunk = await self._reader.read(65536)
+            except (ConnectionError, OSError) as exc:
+                raise SmtpConnectionError(f"the connection was lost: {exc}") from exc
+            if not chunk:
+                raise SmtpConnectionError("the server closed the connection")
+            self._buffer = self._buffer[self._position :] + chunk
+            self._position = 0
+            end = self._buffer.find(b"\n")
+        line = self._buffer[self._position : end].rstrip(b"\r")
+        self._position = end + 1
+        return line
