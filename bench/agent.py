@@ -124,8 +124,8 @@ def main() -> None:
     finally:
         stop_process(sink)
     print(
-        f"| {args.sessions} sessions, to smtp-sink, median of {args.rounds} runs | smtp-source msgs/s | agent batch msgs/s | batch / source "
-        "| smtplib in threads msgs/s | batch / threads |"
+        f"| {args.sessions} sessions to smtp-sink, median of {args.rounds} runs | smtp-source msgs/s "
+        "| agent batch msgs/s | batch / source | smtplib in threads msgs/s | batch / threads |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for label, average, count, source, agent, threads in rows:
