@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
 import random
 import ssl
@@ -15,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maillab_agent.batch import Outcome, send_batch, write_manifest
+from maillab_agent.batch import Outcome, run, send_batch, write_manifest
 from maillab_agent.config import DEFAULT_SMTP_PORT, AgentConfig
 from maillab_agent.interactive import compose
 from maillab_agent.message import (
@@ -126,7 +125,7 @@ def deliver(
             await client.quit()
 
     try:
-        return asyncio.run(session())
+        return run(session())
     except SmtpConnectionError as exc:
         fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
     except SmtpError as exc:
@@ -359,7 +358,7 @@ def _check_reachable(host: str, port: int, timeout: float) -> None:
         await client.quit()
 
     try:
-        asyncio.run(probe())
+        run(probe())
     except (SmtpConnectionError, SmtpError) as exc:
         fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
 
