@@ -13,6 +13,7 @@ from aiosmtpd.smtp import SMTP
 
 from maillab_server.config import ServerConfig
 from maillab_server.handler import ForwardHandler
+from maillab_server.protocol import LabSMTP, Sessions
 from maillab_server.store import ForwardStore
 
 
@@ -28,11 +29,13 @@ class ServerController(Controller):
 
     def __init__(self, handler: object, config: ServerConfig) -> None:
         self.config = config
+        self.sessions = Sessions(config.max_connections)
         super().__init__(handler, hostname="127.0.0.1", port=free_port(), server_hostname=config.hostname)
 
     def factory(self) -> SMTP:
-        return SMTP(
+        return LabSMTP(
             self.handler,
+            sessions=self.sessions,
             hostname=self.config.hostname,
             data_size_limit=self.config.max_message_size,
             enable_SMTPUTF8=True,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -248,12 +249,13 @@ class SmtpClient:
         return await self._timed(self._read_reply())
 
     async def quit(self) -> None:
-        try:
+        with contextlib.suppress(SmtpConnectionError, SmtpError):
             await self.command("QUIT")
-        except (SmtpConnectionError, SmtpError):
-            pass
-        finally:
-            self.abort()
+        self.abort()
+        # Let the close finish (a TLS close is a shutdown exchange) before the loop ends.
+        with contextlib.suppress(ConnectionError, OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await self._writer.wait_closed()
 
     def abort(self) -> None:
         self._writer.close()

@@ -4,34 +4,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import smtplib
 import sys
-import time
 from functools import partial
 
-from aiosmtpd.smtp import SMTP
-
 from maillab_common.settings import ConfigError
-from maillab_server.config import ServerConfig
+from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
+from maillab_server.protocol import LabSMTP, Sessions
 from maillab_server.store import ForwardStore
 
 log = logging.getLogger("maillab_server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maillab-server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="maillab-server", description="maillab's ESMTP server")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the SMTP server in the foreground (the default)")
+    serve_parser = commands.add_parser("serve", help="run the SMTP server in the foreground (the default)")
+    for flag, variable in FLAGS.items():
+        serve_parser.add_argument(flag, dest=variable, metavar="VALUE", help=f"overrides ${variable}")
     commands.add_parser("healthcheck", help="exit 0 when the server answers SMTP on its port")
     args = parser.parse_args(argv)
+    overrides = {name: value for name, value in vars(args).items() if name.startswith("MAILLAB_") and value}
     try:
-        config = ServerConfig.from_env()
+        config = ServerConfig.from_env({**os.environ, **overrides})
     except ConfigError as exc:
-        print(f"maillab-server: {exc}", file=sys.stderr)
+        message = str(exc)
+        for flag, variable in FLAGS.items():
+            if variable in overrides:
+                message = message.replace(variable, flag)
+        print(f"maillab-server: {message}", file=sys.stderr)
         return 2
     if args.command == "healthcheck":
         return healthcheck(config)
@@ -56,12 +63,32 @@ def healthcheck(config: ServerConfig) -> int:
     return 0
 
 
-def serve(config: ServerConfig) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
-    )
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     # aiosmtpd logs every command at INFO; our own line per transaction is enough.
     logging.getLogger("mail.log").setLevel(logging.DEBUG if config.log_level == "debug" else logging.WARNING)
+
+
+def serve(config: ServerConfig) -> int:
+    setup_logging(config)
     store = ForwardStore(config.forward_dir)
     try:
         store.check_writable()
@@ -69,20 +96,24 @@ def serve(config: ServerConfig) -> int:
     except (OSError, StorageError) as exc:
         log.error("cannot use the forward folder %s: %s", config.forward_dir, exc)
         return 1
-    handler = ForwardHandler(store, config)
+    sessions = Sessions(config.max_connections)
     factory = partial(
-        SMTP,
-        handler,
+        LabSMTP,
+        ForwardHandler(store, config),
+        sessions=sessions,
         hostname=config.hostname,
         ident="maillab ESMTP",
         data_size_limit=config.max_message_size,
         enable_SMTPUTF8=True,
         timeout=config.idle_timeout,
     )
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    return asyncio.run(_serve(config, factory, sessions))
+
+
+async def _serve(config: ServerConfig, factory: partial[LabSMTP], sessions: Sessions) -> int:
+    loop = asyncio.get_running_loop()
     try:
-        server = loop.run_until_complete(loop.create_server(factory, host=config.listen_host, port=config.port))
+        server = await loop.create_server(factory, host=config.listen_host, port=config.port)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.listen_host, config.port, exc)
         return 1
@@ -90,19 +121,12 @@ def serve(config: ServerConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("listening on %s:%d, storing in %s", config.listen_host, config.port, config.forward_dir)
-    loop.run_until_complete(stop.wait())
-    log.info("stopping: no new connections; waiting up to %.0fs for deliveries in flight", config.shutdown_grace)
+    await stop.wait()
+    log.info("stopping: no new connections; messages being received get %.0fs to finish", config.shutdown_grace)
     server.close()
-    loop.run_until_complete(_drain(handler, config.shutdown_grace))
-    loop.close()
+    await sessions.shut_down(config.shutdown_grace)
     log.info("stopped")
     return 0
-
-
-async def _drain(handler: ForwardHandler, grace: float) -> None:
-    deadline = time.monotonic() + grace
-    while handler.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from maillab_common.settings import env_choice, env_float, env_int, env_str
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,10 @@ class ServerConfig:
     max_message_size: int = 32 * 1024 * 1024
     max_recipients: int = 100
     idle_timeout: float = 300.0
+    max_connections: int = 100
     shutdown_grace: float = 10.0
     log_level: str = "info"
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -35,6 +38,25 @@ class ServerConfig:
             max_message_size=env_int(env, "MAILLAB_MAX_MESSAGE_SIZE", cls.max_message_size, minimum=1024),
             max_recipients=env_int(env, "MAILLAB_MAX_RECIPIENTS", cls.max_recipients, minimum=1),
             idle_timeout=env_float(env, "MAILLAB_IDLE_TIMEOUT", cls.idle_timeout, minimum=1.0),
+            max_connections=env_int(env, "MAILLAB_MAX_CONNECTIONS", cls.max_connections, minimum=1),
             shutdown_grace=env_float(env, "MAILLAB_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_choice(env, "MAILLAB_LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            log_format=env_choice(env, "MAILLAB_LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )
+
+
+# Each setting's flag on `maillab-server serve`, and the variable it stands for: flags are
+# applied as variables, so that both go through the same checks.
+FLAGS = {
+    "--listen-host": "MAILLAB_LISTEN_HOST",
+    "--port": "MAILLAB_SMTP_PORT",
+    "--hostname": "MAILLAB_HOSTNAME",
+    "--forward-dir": "MAILLAB_FORWARD_DIR",
+    "--max-message-size": "MAILLAB_MAX_MESSAGE_SIZE",
+    "--max-recipients": "MAILLAB_MAX_RECIPIENTS",
+    "--idle-timeout": "MAILLAB_IDLE_TIMEOUT",
+    "--max-connections": "MAILLAB_MAX_CONNECTIONS",
+    "--shutdown-grace": "MAILLAB_SHUTDOWN_GRACE",
+    "--log-level": "MAILLAB_LOG_LEVEL",
+    "--log-format": "MAILLAB_LOG_FORMAT",
+}

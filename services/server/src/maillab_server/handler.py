@@ -47,7 +47,6 @@ class ForwardHandler:
     def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
         self._store = store
         self._config = config
-        self.in_flight = 0
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -96,14 +95,11 @@ class ForwardHandler:
         )
         groups = group_by_domain(envelope.rcpt_tos)
         records = {domain: render_record(replace(template, rcpt_tos=rcpts)) for domain, rcpts in groups.items()}
-        self.in_flight += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self._store.deliver, records)
         except StorageError as exc:
             log.warning("id=%s not stored: %s", transaction_id, exc)
             return exc.smtp_reply
-        finally:
-            self.in_flight -= 1
         log.info(
             "id=%s from=<%s> rcpts=%d bytes=%d domains=%s ms=%.1f",
             transaction_id,

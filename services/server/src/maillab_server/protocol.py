@@ -1,0 +1,92 @@
+"""aiosmtpd's SMTP protocol with what a lab server needs on top: a connection limit and a clean shutdown.
+
+`Sessions` knows every open connection. Over the limit, a new connection is answered 421
+and closed. On shutdown, a connection in the middle of DATA may finish its message; every
+other command, on every connection, is answered 421 and the connection closed.
+
+This leans on two internals of aiosmtpd 1.4 (`_handle_client` and `_smtp_methods`), which
+is why pyproject pins aiosmtpd below 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+log = logging.getLogger(__name__)
+
+
+class Sessions:
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.open: set[LabSMTP] = set()
+        self.closing = False
+
+    def in_data(self) -> int:
+        return sum(session.in_data for session in self.open)
+
+    async def shut_down(self, grace: float) -> None:
+        """Refuse new commands, let messages being received finish within `grace`, close all."""
+        self.closing = True
+        for session in list(self.open):
+            session.refuse_commands()
+            if not session.in_data:
+                await session.close_with_421()
+        deadline = time.monotonic() + grace
+        while self.in_data() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.open):
+            await session.close_with_421()
+
+
+class LabSMTP(SMTP):
+    def __init__(self, handler: Any, *, sessions: Sessions, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._sessions = sessions
+        self.in_data = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._sessions.open.add(self)  # a set: the second call after STARTTLS adds nothing
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.open.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._sessions.closing:
+            await self.close_with_421()
+            return
+        if len(self._sessions.open) > self._sessions.max_connections:
+            log.warning(
+                "refused %r: already %d connections", self.session and self.session.peer, self._sessions.max_connections
+            )
+            await self.close_with_421(f"too many connections (at most {self._sessions.max_connections})")
+            return
+        await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+
+    def refuse_commands(self) -> None:
+        async def shutting_down(arg: str) -> None:
+            await self.close_with_421()
+
+        self._smtp_methods = dict.fromkeys(self._smtp_methods, shutting_down)
+
+    async def close_with_421(self, reason: str = "shutting down") -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.push(f"421 4.3.2 {self.hostname} {reason}; try again later")
+        if self.transport is not None:
+            self.transport.close()

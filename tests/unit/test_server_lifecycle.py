@@ -1,0 +1,161 @@
+"""The server process: connection limit, shutdown on SIGTERM, flags and log format."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maillab_common.forward import Record, parse_records
+from tests.unit.conftest import StartServer, free_port
+
+
+def greeting_of(address: tuple[str, int]) -> tuple[socket.socket, bytes]:
+    connection = socket.create_connection(address, timeout=10)
+    return connection, connection.makefile("rb").readline()
+
+
+def test_connections_over_the_limit_get_421(start_server: StartServer) -> None:
+    server = start_server(max_connections=2)
+    address = (server.hostname, server.port)
+    first, second = greeting_of(address), greeting_of(address)
+    third = greeting_of(address)
+    try:
+        assert first[1].startswith(b"220 ") and second[1].startswith(b"220 ")
+        assert third[1].startswith(b"421 4.3.2 ") and b"too many connections" in third[1]
+    finally:
+        for connection, _ in (first, second, third):
+            connection.close()
+    time.sleep(0.2)  # the server notices the closes
+    fourth = greeting_of(address)
+    fourth[0].close()
+    assert fourth[1].startswith(b"220 "), "room again once connections close"
+
+
+class Dialog:
+    """A raw SMTP connection that reads one reply line at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.replies = self.socket.makefile("rb")
+        assert self.reply().startswith(b"220")
+
+    def reply(self) -> bytes:
+        return self.replies.readline()
+
+    def send(self, data: bytes) -> None:
+        self.socket.sendall(data)
+
+    def command(self, line: str) -> bytes:
+        self.send(line.encode() + b"\r\n")
+        reply = self.reply()
+        while reply[3:4] == b"-":
+            reply = self.reply()
+        return reply
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    port, forward = free_port(), tmp_path / "forward"
+    forward.mkdir()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "maillab_server",
+            "serve",
+            "--port",
+            str(port),
+            "--forward-dir",
+            str(forward),
+            "--listen-host",
+            "127.0.0.1",
+            "--shutdown-grace",
+            "10",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        assert first["message"].startswith(f"listening on 127.0.0.1:{port}"), first
+        yield process, port, forward
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_sigterm_lets_a_message_finish_and_answers_421_to_the_rest(
+    server_process: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    process, port, forward = server_process
+    idle, busy = Dialog(port), Dialog(port)
+    assert idle.command("EHLO idle.test").startswith(b"250")
+    for line in ("EHLO busy.test", "MAIL FROM:<a@sender.test>", "RCPT TO:<b@one.test>"):
+        assert busy.command(line).startswith(b"250")
+    assert busy.command("DATA").startswith(b"354")
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    process.send_signal(signal.SIGTERM)
+    assert idle.reply().startswith(b"421 4.3.2 "), "an idle connection is told and closed"
+    assert idle.reply() == b""
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    busy.send(b"second half\r\n.\r\n")
+    assert busy.reply().startswith(b"250 2.0.0 "), "the message being received is stored"
+    assert busy.command("MAIL FROM:<c@sender.test>").startswith(b"421 4.3.2 ")
+    assert process.wait(timeout=15) == 0
+    items, _ = parse_records((forward / "one.test").read_bytes())
+    assert [item.delivery.message for item in items if isinstance(item, Record)] == [
+        b"Subject: in flight\n\nfirst half\nsecond half\n"
+    ]
+    for dialog in (idle, busy):
+        dialog.socket.close()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--port", "abc"], "--port='abc' is not a whole number"),
+        (["--max-connections", "0"], "--max-connections='0' must be at least 1"),
+        (["--log-format", "xml"], "--log-format='xml' must be one of: text, json"),
+    ],
+)
+def test_a_bad_flag_stops_start_up_with_a_clear_message(arguments: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "maillab_server", "serve", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_variable_stops_start_up_with_a_clear_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "maillab_server", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "MAILLAB_IDLE_TIMEOUT": "soon"},
+    )
+    assert result.returncode == 2 and "MAILLAB_IDLE_TIMEOUT='soon' is not a number" in result.stderr
