@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP
 
 from maillab_server.config import ServerConfig
 from maillab_server.handler import ForwardHandler
-from maillab_server.protocol import LabSMTP, Sessions
+from maillab_server.protocol import Sessions, protocol_factory
 from maillab_server.store import ForwardStore
 
 
@@ -33,14 +33,7 @@ class ServerController(Controller):
         super().__init__(handler, hostname="127.0.0.1", port=free_port(), server_hostname=config.hostname)
 
     def factory(self) -> SMTP:
-        return LabSMTP(
-            self.handler,
-            sessions=self.sessions,
-            hostname=self.config.hostname,
-            data_size_limit=self.config.max_message_size,
-            enable_SMTPUTF8=True,
-            timeout=self.config.idle_timeout,
-        )
+        return protocol_factory(self.handler, self.config, self.sessions)()
 
 
 StartServer = Callable[..., ServerController]

@@ -276,3 +276,49 @@ def test_rate_spaces_the_messages(start_server: StartServer) -> None:
     report = send_batch(messages, host=server.hostname, port=server.port, concurrency=3, timeout=10, rate=10.0)
     assert report.accepted == 6
     assert report.elapsed >= 0.5  # six starts, a tenth of a second apart: a floor, not a speed
+
+
+class SomeRecipientsRefused:
+    """Refuses recipients whose address starts with 'bad'; no PIPELINING unless mixed in."""
+
+    def __init__(self) -> None:
+        self.delivered: list[list[str]] = []
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("bad"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.delivered.append(list(envelope.rcpt_tos))
+        return "250 OK"
+
+
+class SomeRecipientsRefusedPipelining(Pipelining, SomeRecipientsRefused):
+    pass
+
+
+@pytest.mark.parametrize("handler_class", [SomeRecipientsRefused, SomeRecipientsRefusedPipelining])
+def test_a_partly_refused_message_goes_to_the_others_and_says_so(
+    start_server: StartServer, tmp_path: Path, handler_class: type[SomeRecipientsRefused]
+) -> None:
+    handler = handler_class()
+    server = start_server(handler)
+    message = build_message(
+        mail_from="a@x.test",
+        to=["bad@one.test", "good@two.test"],
+        subject="partly",
+        body="b",
+        message_id="<partly@x.test>",
+    )
+    report = send_batch([message], host=server.hostname, port=server.port, concurrency=1, timeout=10)
+    [outcome] = report.outcomes
+    assert outcome.accepted and outcome.refused == ("bad@one.test",) and outcome.attempts == 1
+    assert report.partly_refused == 1 and report.rejected == 0
+    assert handler.delivered == [["good@two.test"]]
+    write_manifest(tmp_path / "m.json", seed=0, server="test", messages=[message], report=report)
+    [entry] = json.loads((tmp_path / "m.json").read_text())["messages"]
+    assert entry["accepted"] is True and entry["refused"] == ["bad@one.test"]

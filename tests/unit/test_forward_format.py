@@ -40,6 +40,7 @@ CASES = {
     "message starts with From": replace(BASE, message=b"From the top\n"),
     "tls": replace(BASE, tls=True),
     "utf-8 addresses": replace(BASE, mail_from="jos\u00e9@ex\u00e4mple.test", rcpt_tos=("\u00fc@example.test",)),
+    "unicode line separators in an address": replace(BASE, rcpt_tos=("a\u2028b\u0085c@example.test", "d@example.test")),
     "empty body": replace(BASE, message=b"Subject: nothing\n\n"),
 }
 

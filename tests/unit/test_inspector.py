@@ -18,7 +18,8 @@ from tests.unit.test_forward_format import BASE
 
 
 def record(number: int) -> bytes:
-    return render_record(replace(BASE, transaction_id=f"{number:04X}"))
+    message = f"Subject: n{number}\nMessage-ID: <{number}@x.test>\n\nbody {number}\n".encode()
+    return render_record(replace(BASE, transaction_id=f"{number:04X}", message=message))
 
 
 def ids(items: list[tuple[str, Record | Damaged]]) -> list[tuple[str, str]]:
@@ -44,15 +45,18 @@ def test_skip_existing_reads_only_new_records(tmp_path: Path) -> None:
     assert ids(list(tail.poll_all())) == [("a.test", "0002"), ("new.test", "0002")]
 
 
-def test_a_torn_tail_cut_by_the_server_is_neither_lost_nor_doubled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("torn_at", [3, 50, -10], ids=["in the From line", "in the trace", "in the body"])
+def test_a_torn_tail_cut_by_the_server_is_neither_lost_nor_doubled(tmp_path: Path, torn_at: int) -> None:
     store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
     store.deliver({"a.test": record(1)})
     with open(tmp_path / "a.test", "ab") as file:
-        file.write(record(2)[:50])  # the crash
+        file.write(record(2)[:torn_at])  # the crash
     assert ids(list(tail.poll_all())) == [("a.test", "0001")]
-    store.repair()  # the restart
+    store.repair()  # the restart, then a delivery, both before the next poll
     store.deliver({"a.test": record(3)})
-    assert ids(list(tail.poll_all())) == [("a.test", "0003")]
+    items = list(tail.poll_all())
+    assert ids(items) == [("a.test", "0003")]
+    assert isinstance(items[0][1], Record) and items[0][1].delivery.message.startswith(b"Subject: n3\n")
 
 
 def test_a_replaced_file_is_read_from_its_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

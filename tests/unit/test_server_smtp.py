@@ -60,10 +60,12 @@ def test_the_250_reply_names_the_stored_transaction(server: ServerController, cl
     assert record.delivery.transaction_id in reply.decode()
 
 
-@pytest.mark.parametrize("address", ["user@../etc", "user@a/b.test", "user@.hidden", "nodomain", "user@-x.test"])
+@pytest.mark.parametrize(
+    "address", ["user@../etc", "user@a/b.test", "user@.hidden", "nodomain", "user@-x.test", "a\u2028b@one.test"]
+)
 def test_a_recipient_whose_domain_cannot_be_a_file_gets_553(client: smtplib.SMTP, address: str) -> None:
     client.ehlo()
-    client.mail("a@sender.test")
+    client.mail("a@sender.test", ["SMTPUTF8"])
     code, _ = client.rcpt(address)
     assert code == 553
 

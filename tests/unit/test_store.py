@@ -99,3 +99,14 @@ def test_repair_leaves_hand_written_text_alone(tmp_path: Path) -> None:
     (tmp_path / "notes.test").write_bytes(record(1) + b"some notes, not a record")
     assert ForwardStore(tmp_path).repair() == {}
     assert (tmp_path / "notes.test").read_bytes().endswith(b"not a record")
+
+
+@pytest.mark.parametrize("torn_at", [1, 3, 5, 40])
+def test_repair_cuts_even_a_tear_of_a_few_bytes(tmp_path: Path, torn_at: int) -> None:
+    store = ForwardStore(tmp_path)
+    store.deliver({"a.test": record(1)})
+    with open(tmp_path / "a.test", "ab") as file:
+        file.write(record(2)[:torn_at])
+    assert store.repair() == {"a.test": torn_at}
+    store.deliver({"a.test": record(3)})
+    assert parsed_ids(tmp_path / "a.test") == ["0001", "0003"]

@@ -329,11 +329,12 @@ def batch(
     )
     out.print(table)
     for outcome in report.outcomes:
-        if not outcome.accepted:
-            err.print(f"not accepted: {messages[outcome.index].message_id}: {outcome.reply}", highlight=False)
+        if not outcome.accepted or outcome.refused:
+            what = "not accepted" if not outcome.accepted else "partly refused"
+            err.print(f"{what}: {messages[outcome.index].message_id}: {outcome.reply}", highlight=False)
     if manifest is not None:
         out.print(f"manifest: {manifest}", highlight=False)
-    if report.rejected:
+    if report.rejected or report.partly_refused:
         raise typer.Exit(EXIT_NOT_ALL_ACCEPTED)
 
 

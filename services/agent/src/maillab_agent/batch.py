@@ -53,6 +53,11 @@ class BatchReport:
         return len(self.outcomes) - self.accepted
 
     @property
+    def partly_refused(self) -> int:
+        """Accepted messages that some recipient refused."""
+        return sum(outcome.accepted and bool(outcome.refused) for outcome in self.outcomes)
+
+    @property
     def retried(self) -> int:
         return sum(outcome.attempts > 1 for outcome in self.outcomes)
 
@@ -119,8 +124,13 @@ async def send_batch_async(
 
     def settle(job: _Job, result: dict[str, Reply] | SmtpError | SmtpConnectionError) -> None:
         if isinstance(result, dict):
-            reply = "250 accepted" if not result else "some recipients refused"
-            finish(job, not result, reply, tuple(result))
+            # Accepted, if only for some recipients: sending again would repeat it to the others.
+            reply = (
+                "250 accepted"
+                if not result
+                else "accepted; refused " + "; ".join(f"{rcpt}: {rep}" for rcpt, rep in result.items())
+            )
+            finish(job, True, reply, tuple(result))
             return
         refused: tuple[str, ...] = ()
         if isinstance(result, SmtpConnectionError):

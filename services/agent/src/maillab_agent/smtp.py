@@ -219,11 +219,13 @@ class SmtpClient:
             replies = [await self._read_reply() for _ in commands]
         else:
             replies = []
-            for command in commands:
+            for number, command in enumerate(commands):
+                if number == len(commands) - 1 and not any(reply.ok for reply in replies[1:]):
+                    break  # every recipient refused: no DATA
                 self._write([command])
                 replies.append(await self._read_reply())
-                if not replies[-1].ok:
-                    break
+                if number == 0 and not replies[0].ok:
+                    break  # the sender refused: no RCPT
         mail_reply, rcpt_replies, data_reply = replies[0], replies[1 : 1 + len(rcpt_tos)], replies[1 + len(rcpt_tos) :]
         if not mail_reply.ok:
             await self._reset_if_open(data_reply)

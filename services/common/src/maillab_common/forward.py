@@ -179,7 +179,7 @@ def _damage(buf: bytes, pos: int, offset: int, reason: str) -> Damaged:
 
 
 def _delivery(match: re.Match[bytes], body: bytes) -> Delivery:
-    rcpts = match["rcpts"].decode("utf-8").splitlines()
+    rcpts = [line.decode("utf-8") for line in match["rcpts"].split(b"\n") if line]
     received_at = parsedate_to_datetime(match["date"].decode("ascii"))
     if received_at.tzinfo is None:
         raise ValueError("the Received date has no time zone")

@@ -27,7 +27,7 @@ READ_CHUNK = 1024 * 1024
 @dataclass
 class _Progress:
     inode: int
-    read_to: int  # bytes of the file consumed so far, `pending` included
+    read_to: int  # bytes of the file read so far, `pending` included
     pending: bytes = b""
 
     @property
@@ -44,9 +44,14 @@ class ForwardTail:
         """Start every file that exists now at its end: only new messages will be read."""
         for name, path in self._domain_files():
             try:
-                status = path.stat(follow_symlinks=False)
-            except FileNotFoundError:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
                 continue
+            try:
+                with _shared_lock(fd):  # not in the middle of an append
+                    status = os.fstat(fd)
+            finally:
+                os.close(fd)
             self._files[name] = _Progress(inode=status.st_ino, read_to=status.st_size)
 
     def positions(self) -> dict[str, tuple[int, int]]:
@@ -89,27 +94,25 @@ class ForwardTail:
         elif progress.inode != inode:
             log.warning("%s was replaced; reading it from the start", self.root / name)
             progress = self._files[name] = _Progress(inode=inode, read_to=0)
-        elif size < progress.pending_start:
+        elif size < progress.read_to:
             log.warning(
                 "%s shrank from %d to %d bytes; reading it from the start", self.root / name, progress.read_to, size
             )
             progress = self._files[name] = _Progress(inode=inode, read_to=0)
-        elif size < progress.read_to:
-            # The server cut off a torn record at restart; its replacement comes next.
-            progress.read_to, progress.pending = progress.pending_start, b""
         return progress
 
     @staticmethod
     def _read_new(fd: int, progress: _Progress) -> Iterator[Record | Damaged]:
         # The lock is held for one chunk at a time, never while the caller prints.
-        while True:
-            with _shared_lock(fd):
-                chunk = os.pread(fd, READ_CHUNK, progress.read_to)
-            if not chunk:
-                return
-            items, progress.pending = parse_records(progress.pending + chunk, progress.pending_start)
-            progress.read_to += len(chunk)
-            yield from items
+        try:
+            while chunk := _read_chunk(fd, progress.read_to):
+                items, progress.pending = parse_records(progress.pending + chunk, progress.pending_start)
+                progress.read_to += len(chunk)
+                yield from items
+        finally:
+            # An incomplete record at the end is read again next time rather than kept: the server
+            # may cut it off (a torn tail, at its restart) and append a new record in its place.
+            progress.read_to, progress.pending = progress.pending_start, b""
 
     def _domain_files(self) -> list[tuple[str, Path]]:
         try:
@@ -121,6 +124,11 @@ class ForwardTail:
             for entry in entries
             if entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
         ]
+
+
+def _read_chunk(fd: int, offset: int) -> bytes:
+    with _shared_lock(fd):
+        return os.pread(fd, READ_CHUNK, offset)
 
 
 @contextmanager

@@ -9,14 +9,15 @@ import logging
 import os
 import signal
 import smtplib
+import ssl
 import sys
-from functools import partial
+from collections.abc import Callable
 
 from maillab_common.settings import ConfigError
 from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
-from maillab_server.protocol import LabSMTP, Sessions
+from maillab_server.protocol import LabSMTP, Sessions, protocol_factory
 from maillab_server.store import ForwardStore
 
 log = logging.getLogger("maillab_server")
@@ -97,20 +98,15 @@ def serve(config: ServerConfig) -> int:
         log.error("cannot use the forward folder %s: %s", config.forward_dir, exc)
         return 1
     sessions = Sessions(config.max_connections)
-    factory = partial(
-        LabSMTP,
-        ForwardHandler(store, config),
-        sessions=sessions,
-        hostname=config.hostname,
-        ident="maillab ESMTP",
-        data_size_limit=config.max_message_size,
-        enable_SMTPUTF8=True,
-        timeout=config.idle_timeout,
-    )
+    try:
+        factory = protocol_factory(ForwardHandler(store, config), config, sessions)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        log.error("cannot set up TLS: %s", exc)
+        return 1
     return asyncio.run(_serve(config, factory, sessions))
 
 
-async def _serve(config: ServerConfig, factory: partial[LabSMTP], sessions: Sessions) -> int:
+async def _serve(config: ServerConfig, factory: Callable[[], LabSMTP], sessions: Sessions) -> int:
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(factory, host=config.listen_host, port=config.port)

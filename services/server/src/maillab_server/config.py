@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from maillab_common.settings import env_choice, env_float, env_int, env_str
+from maillab_common.settings import ConfigError, env_bool, env_choice, env_float, env_int, env_str
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -26,6 +26,13 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     log_level: str = "info"
     log_format: str = "text"
+    starttls: bool = False
+    tls_cert: Path | None = None  # with tls_key; without them a self-signed pair is made in tls_dir
+    tls_key: Path | None = None
+    tls_dir: Path = Path("/tmp/maillab-tls")
+    require_tls: bool = False
+    auth_users: tuple[tuple[str, str], ...] = ()  # (user, password)
+    require_auth: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -42,7 +49,40 @@ class ServerConfig:
             shutdown_grace=env_float(env, "MAILLAB_SHUTDOWN_GRACE", cls.shutdown_grace),
             log_level=env_choice(env, "MAILLAB_LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env_choice(env, "MAILLAB_LOG_FORMAT", cls.log_format, LOG_FORMATS),
-        )
+            starttls=env_bool(env, "MAILLAB_STARTTLS", cls.starttls),
+            tls_cert=_optional_path(env, "MAILLAB_TLS_CERT"),
+            tls_key=_optional_path(env, "MAILLAB_TLS_KEY"),
+            tls_dir=Path(env_str(env, "MAILLAB_TLS_DIR", str(cls.tls_dir))),
+            require_tls=env_bool(env, "MAILLAB_REQUIRE_TLS", cls.require_tls),
+            auth_users=_auth_users(env_str(env, "MAILLAB_AUTH_USERS", "")),
+            require_auth=env_bool(env, "MAILLAB_REQUIRE_AUTH", cls.require_auth),
+        )._checked()
+
+    def _checked(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("MAILLAB_TLS_CERT and MAILLAB_TLS_KEY go together: give both or neither")
+        if self.require_tls and not self.starttls:
+            raise ConfigError("MAILLAB_REQUIRE_TLS=true needs MAILLAB_STARTTLS=true")
+        if self.require_auth and not self.auth_users:
+            raise ConfigError("MAILLAB_REQUIRE_AUTH=true needs MAILLAB_AUTH_USERS (user:password,...)")
+        if self.require_auth and not self.starttls:
+            raise ConfigError("MAILLAB_REQUIRE_AUTH=true needs MAILLAB_STARTTLS=true: passwords go over TLS")
+        return self
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    return Path(value) if value else None
+
+
+def _auth_users(text: str) -> tuple[tuple[str, str], ...]:
+    users = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        user, colon, password = item.partition(":")
+        if not colon or not user or not password:
+            raise ConfigError(f"MAILLAB_AUTH_USERS: {user or item!r} is not of the form user:password")
+        users.append((user, password))
+    return tuple(users)
 
 
 # Each setting's flag on `maillab-server serve`, and the variable it stands for: flags are
@@ -59,4 +99,10 @@ FLAGS = {
     "--shutdown-grace": "MAILLAB_SHUTDOWN_GRACE",
     "--log-level": "MAILLAB_LOG_LEVEL",
     "--log-format": "MAILLAB_LOG_FORMAT",
+    "--starttls": "MAILLAB_STARTTLS",
+    "--tls-cert": "MAILLAB_TLS_CERT",
+    "--tls-key": "MAILLAB_TLS_KEY",
+    "--require-tls": "MAILLAB_REQUIRE_TLS",
+    "--auth-users": "MAILLAB_AUTH_USERS",
+    "--require-auth": "MAILLAB_REQUIRE_AUTH",
 }

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def has_control_characters(text: str) -> bool:
-    return any(ord(char) < 32 or char == "\x7f" for char in text)
+    """Control characters and Unicode line or paragraph separators: none belongs in an address."""
+    return not text.isprintable()
 
 
 def trace_safe(text: str) -> str:

@@ -14,9 +14,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
+
+from maillab_server.config import ServerConfig
+from maillab_server.tls import LabLogins, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +95,23 @@ class LabSMTP(SMTP):
             await self.push(f"421 4.3.2 {self.hostname} {reason}; try again later")
         if self.transport is not None:
             self.transport.close()
+
+
+def protocol_factory(handler: Any, config: ServerConfig, sessions: Sessions) -> Callable[[], LabSMTP]:
+    """What the event loop calls for each connection: the server's whole SMTP configuration."""
+    return partial(
+        LabSMTP,
+        handler,
+        sessions=sessions,
+        hostname=config.hostname,
+        ident="maillab ESMTP",
+        data_size_limit=config.max_message_size,
+        enable_SMTPUTF8=True,
+        timeout=config.idle_timeout,
+        tls_context=tls_context(config),
+        require_starttls=config.require_tls,
+        authenticator=LabLogins(config.auth_users) if config.auth_users else None,
+        auth_required=config.require_auth,
+        # Over plain connections too when STARTTLS is off: a lab may teach AUTH without TLS.
+        auth_require_tls=config.starttls,
+    )

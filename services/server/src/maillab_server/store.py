@@ -139,4 +139,5 @@ def _complete_length(fd: int) -> tuple[int, bool]:
         _, rest = parse_records(pending, start)
         start += len(pending) - len(rest)
         pending = rest
-    return start, pending.startswith(b"From ")
+    starts_like_a_record = pending.startswith(b"From ") or (pending and b"From ".startswith(pending))
+    return start, bool(starts_like_a_record)
