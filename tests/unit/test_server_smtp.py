@@ -7,6 +7,7 @@ import mailbox
 import smtplib
 import socket
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,30 @@ def test_ehlo_advertises_pipelining_and_pipelined_commands_are_answered_in_order
         assert replies.readline()[:3] == b"221"
     records = stored(server.config.forward_dir, "one.test")
     assert [record.delivery.rcpt_tos for record in records] == [("b@one.test",), ("d@one.test",)]
+
+
+def test_lines_up_to_the_limit_pass_and_longer_ones_get_500(start_server: StartServer) -> None:
+    server = start_server(max_line_length=200)
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        assert client.sendmail("a@sender.test", ["b@one.test"], b"Subject: ok\r\n\r\n" + b"x" * 197 + b"\r\n") == {}
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("a@sender.test", ["b@one.test"], b"Subject: long\r\n\r\n" + b"x" * 260 + b"\r\n")
+        assert refused.value.smtp_code == 500
+    assert len(stored(server.config.forward_dir, "one.test")) == 1
+
+
+def test_fifty_concurrent_sessions_to_one_domain_never_interleave(server: ServerController) -> None:
+    def session(number: int) -> None:
+        with smtplib.SMTP(server.hostname, server.port, timeout=30) as client:
+            for message in range(4):
+                body = f"Subject: s{number} m{message}\r\n\r\n".encode() + (b"%d\r\n" % number) * 2000
+                client.sendmail(f"s{number}@sender.test", ["one@shared.test"], body)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        list(pool.map(session, range(50)))
+    records = stored(server.config.forward_dir, "shared.test")
+    assert len(records) == 200
+    for record in records:
+        number = record.delivery.mail_from.removeprefix("s").removesuffix("@sender.test")
+        body = record.delivery.message.split(b"\n\n", 1)[1]
+        assert body == (number.encode() + b"\n") * 2000, "a record holds one message, whole"

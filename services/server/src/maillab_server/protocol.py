@@ -50,7 +50,9 @@ class Sessions:
 
 
 class LabSMTP(SMTP):
-    def __init__(self, handler: Any, *, sessions: Sessions, **options: Any) -> None:
+    def __init__(self, handler: Any, *, sessions: Sessions, max_line_length: int, **options: Any) -> None:
+        # aiosmtpd reads its limit (CRLF included, plus one) from this attribute as it starts.
+        self.line_length_limit = max_line_length + 1
         super().__init__(handler, **options)
         self._sessions = sessions
         self.in_data = False
@@ -103,6 +105,7 @@ def protocol_factory(handler: Any, config: ServerConfig, sessions: Sessions) -> 
         LabSMTP,
         handler,
         sessions=sessions,
+        max_line_length=config.max_line_length,
         hostname=config.hostname,
         ident="maillab ESMTP",
         data_size_limit=config.max_message_size,
