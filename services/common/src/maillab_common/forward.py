@@ -29,7 +29,6 @@ MAX_TRACE_BYTES = 256 * 1024
 # the "\nFrom " that ends the damage.
 _RESYNC_TAIL = len(b"\nFrom ") - 1
 
-_LINE_END = re.compile(rb"\r+\n")
 _FROM_LINE_ESCAPE = re.compile(rb"^(>*From )", re.MULTILINE)
 _FROM_LINE_UNESCAPE = re.compile(rb"^>(>*From )", re.MULTILINE)
 _LENGTH_LINE = ("\n" + LENGTH_HEADER + ": ").encode()
@@ -84,12 +83,17 @@ def to_mbox_line_endings(message: bytes) -> bytes:
     """
     if not message.endswith(b"\n"):
         message += b"\n"
-    return _LINE_END.sub(b"\n", message)
+    # What _LINE_END.sub would do, at the speed of bytes.replace: a loop only for "\r\r\n".
+    while b"\r\n" in message:
+        message = message.replace(b"\r\n", b"\n")
+    return message
 
 
 def render_record(delivery: Delivery) -> bytes:
     """The bytes to append to a forward file for one delivery."""
-    body = _FROM_LINE_ESCAPE.sub(rb">\1", to_mbox_line_endings(delivery.message))
+    body = to_mbox_line_endings(delivery.message)
+    if b"From " in body:  # a quick look first: most messages have no such line
+        body = _FROM_LINE_ESCAPE.sub(rb">\1", body)
     received_at = delivery.received_at.astimezone(UTC)
     # mbox readers take the From line for ASCII without spaces (Python's mailbox does).
     sender = "".join(c if "!" <= c <= "~" else "_" for c in delivery.mail_from) or NULL_SENDER_FROM_LINE
@@ -192,5 +196,5 @@ def _delivery(match: re.Match[bytes], body: bytes) -> Delivery:
         peer=match["peer"].decode("ascii"),
         server_name=match["server"].decode("ascii"),
         tls=match["proto"] == b"ESMTPS",
-        message=_FROM_LINE_UNESCAPE.sub(rb"\1", body),
+        message=_FROM_LINE_UNESCAPE.sub(rb"\1", body) if b">From " in body else body,
     )

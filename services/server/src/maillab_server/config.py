@@ -22,6 +22,7 @@ class ServerConfig:
     max_message_size: int = 32 * 1024 * 1024
     max_recipients: int = 100
     max_line_length: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included
+    lenient_line_endings: bool = False  # unsafe: a bare LF ends lines and "." LF ends DATA
     idle_timeout: float = 300.0
     max_connections: int = 100
     shutdown_grace: float = 10.0
@@ -46,6 +47,7 @@ class ServerConfig:
             max_message_size=env_int(env, "MAILLAB_MAX_MESSAGE_SIZE", cls.max_message_size, minimum=1024),
             max_recipients=env_int(env, "MAILLAB_MAX_RECIPIENTS", cls.max_recipients, minimum=1),
             max_line_length=env_int(env, "MAILLAB_MAX_LINE_LENGTH", cls.max_line_length, minimum=80),
+            lenient_line_endings=env_bool(env, "MAILLAB_LENIENT_LINE_ENDINGS", cls.lenient_line_endings),
             idle_timeout=env_float(env, "MAILLAB_IDLE_TIMEOUT", cls.idle_timeout, minimum=1.0),
             max_connections=env_int(env, "MAILLAB_MAX_CONNECTIONS", cls.max_connections, minimum=1),
             shutdown_grace=env_float(env, "MAILLAB_SHUTDOWN_GRACE", cls.shutdown_grace),
@@ -97,6 +99,7 @@ FLAGS = {
     "--max-message-size": "MAILLAB_MAX_MESSAGE_SIZE",
     "--max-recipients": "MAILLAB_MAX_RECIPIENTS",
     "--max-line-length": "MAILLAB_MAX_LINE_LENGTH",
+    "--lenient-line-endings": "MAILLAB_LENIENT_LINE_ENDINGS",
     "--idle-timeout": "MAILLAB_IDLE_TIMEOUT",
     "--max-connections": "MAILLAB_MAX_CONNECTIONS",
     "--shutdown-grace": "MAILLAB_SHUTDOWN_GRACE",

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 
 from maillab_server.config import ServerConfig
+from maillab_server.data import DataScanner
 from maillab_server.tls import LabLogins, tls_context
 
 log = logging.getLogger(__name__)
+_DATA_READ = 1024 * 1024
 
 
 class Sessions:
@@ -50,7 +52,10 @@ class Sessions:
 
 
 class LabSMTP(SMTP):
-    def __init__(self, handler: Any, *, sessions: Sessions, max_line_length: int, **options: Any) -> None:
+    def __init__(
+        self, handler: Any, *, sessions: Sessions, max_line_length: int, lenient: bool = False, **options: Any
+    ) -> None:
+        self._lenient = lenient
         # aiosmtpd reads its limit (CRLF included, plus one) from this attribute as it starts.
         self.line_length_limit = max_line_length + 1
         super().__init__(handler, **options)
@@ -80,9 +85,49 @@ class LabSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
         try:
-            await super().smtp_DATA(arg)
+            await self._receive_data(arg)
         finally:
             self.in_data = False
+
+    async def _receive_data(self, arg: str) -> None:
+        """aiosmtpd's smtp_DATA, with the data read in bulk by DataScanner instead of line by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        scanner = DataScanner(
+            max_size=self.data_size_limit or 2**62, max_line_length=self.line_length_limit - 1, lenient=self._lenient
+        )
+        reader: Any = self._reader
+        # The reader pauses the socket past twice its limit (the longest command line), which
+        # would cut DATA into 2 KiB reads; raised while DATA lasts, reads take what has come.
+        line_limit, reader._limit = reader._limit, _DATA_READ
+        try:
+            while (finished := scanner.feed(await reader.read(_DATA_READ) or b"")) is None:
+                if reader.at_eof():
+                    return  # the client went away in the middle: nothing to store
+        finally:
+            reader._limit = line_limit
+        if finished.rest:
+            reader._buffer[0:0] = finished.rest  # pipelined commands, for the command loop
+        if finished.problem is not None or finished.message is None:
+            self._end_transaction()
+            await self.push(finished.problem.value if finished.problem else "451 4.3.0 Error")
+            return
+        self.envelope.content = self.envelope.original_content = finished.message
+        status = await self._call_handler_hook("DATA")
+        self._end_transaction()
+        await self.push("250 OK" if status is MISSING else status)
+
+    def _end_transaction(self) -> None:
+        protocol: Any = self  # aiosmtpd's method is not annotated
+        protocol._set_post_data_state()
 
     def refuse_commands(self) -> None:
         async def shutting_down(arg: str) -> None:
@@ -106,6 +151,7 @@ def protocol_factory(handler: Any, config: ServerConfig, sessions: Sessions) -> 
         handler,
         sessions=sessions,
         max_line_length=config.max_line_length,
+        lenient=config.lenient_line_endings,
         hostname=config.hostname,
         ident="maillab ESMTP",
         data_size_limit=config.max_message_size,

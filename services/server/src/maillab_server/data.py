@@ -1,0 +1,82 @@
+"""Reading DATA in bulk: finding the end, checking limits and undoing dot-stuffing, a chunk at a time.
+
+aiosmtpd reads DATA a line at a time, with Python work for every line; for a 100 KiB
+message that is over a thousand awaits. `DataScanner` takes whatever has arrived, looks for
+the end of data with C-speed searches, and hands back the message and the bytes that
+followed it (pipelined commands). It is pure: the protocol feeds it bytes.
+
+Strict (the default): only CRLF "." CRLF ends the data; a bare LF is content, never a line
+end, so the smuggling payloads of CVE-2024-27305 (LF "." LF, LF "." CRLF) stay inside the
+message. Lenient (MAILLAB_LENIENT_LINE_ENDINGS, unsafe): a bare LF also ends a line, for
+course-style clients that send LF and end with "." LF.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+_STRICT_END = re.compile(rb"\r\n\.\r\n")
+_LENIENT_END = re.compile(rb"\r?\n\.\r?\n")
+_STRICT_STUFFED = re.compile(rb"\r\n\.")
+_LENIENT_STUFFED = re.compile(rb"\n\.")
+
+
+class Problem(Enum):
+    TOO_BIG = "552 5.3.4 Message too big for this server"
+    LINE_TOO_LONG = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+
+
+@dataclass(frozen=True)
+class Finished:
+    message: bytes | None  # None when a limit was passed (the data was read and dropped)
+    problem: Problem | None
+    rest: bytes  # what came after the end of data: pipelined commands
+
+
+class DataScanner:
+    def __init__(self, *, max_size: int, max_line_length: int, lenient: bool = False) -> None:
+        self._max_size = max_size
+        self._end = _LENIENT_END if lenient else _STRICT_END
+        self._stuffed = _LENIENT_STUFFED if lenient else _STRICT_STUFFED
+        # A line of max_line_length bytes, CRLF included, has that many bytes before its LF.
+        self._long_line = re.compile(rb"^[^\n]{%d}" % max_line_length, re.MULTILINE)  # tried at line starts
+        # The CRLF that ended the DATA command line starts the first line of data: with it in
+        # front, every line, the first too, and the end of data look the same.
+        self._buffer = bytearray(b"\r\n")
+        self._scanned = 0
+        self._dropped = False  # past the size limit: keep only enough to find the end
+
+    def _find_end(self) -> tuple[int, int] | None:
+        """Where the message ends (its last line end included) and where the rest begins."""
+        if self._end is _STRICT_END:  # a plain search is much faster than the pattern's
+            start = self._buffer.find(b"\r\n.\r\n", self._scanned)
+            return None if start == -1 else (start + 2, start + 5)
+        found = self._end.search(self._buffer, self._scanned)
+        return None if found is None else (found.start() + found[0].index(b"\n") + 1, found.end())
+
+    def feed(self, chunk: bytes) -> Finished | None:
+        """Take the next bytes; return the result once the end of data has arrived."""
+        self._buffer += chunk
+        found = self._find_end()
+        if found is None:
+            # The end may straddle chunks: search again from just before this chunk's end.
+            self._scanned = max(0, len(self._buffer) - 4)
+            if len(self._buffer) - 2 > self._max_size:
+                self._dropped = True
+                del self._buffer[: self._scanned]
+                self._scanned = 0
+            return None
+        rest = bytes(self._buffer[found[1] :])
+        if self._dropped or found[0] > self._max_size:
+            return Finished(message=None, problem=Problem.TOO_BIG, rest=rest)
+        # Keep the line end before the end of data: it ends the message's last line.
+        del self._buffer[found[0] :]
+        buffer, self._buffer = self._buffer, bytearray()
+        if self._long_line.search(buffer):
+            return Finished(message=None, problem=Problem.LINE_TOO_LONG, rest=rest)
+        if self._stuffed.search(buffer):  # rare: only lines that begin with a dot
+            buffer = bytearray(self._stuffed.sub(lambda match: match[0][:-1], buffer))
+        del buffer[:2]  # the CRLF put in front; deleting from the front of a bytearray is cheap
+        return Finished(message=bytes(buffer), problem=None, rest=rest)
