@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maillab_agent.batch import Outcome, run, send_batch, write_manifest
+from maillab_agent.batch import Outcome, send_batch, write_manifest
 from maillab_agent.config import DEFAULT_SMTP_PORT, AgentConfig
 from maillab_agent.interactive import compose
 from maillab_agent.message import (
@@ -28,6 +28,7 @@ from maillab_agent.message import (
     parse_size_range,
 )
 from maillab_agent.smtp import Observer, Reply, SmtpClient, SmtpConnectionError, SmtpError
+from maillab_common.loop import run
 from maillab_common.settings import ConfigError, parse_host_port
 
 # Exit codes of `send` and `interactive`, so that scripts can tell failures apart.

@@ -14,15 +14,15 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from maillab_agent.message import Outgoing
 from maillab_agent.smtp import Reply, SmtpClient, SmtpConnectionError, SmtpError
+from maillab_common.loop import run
 
-T = TypeVar("T")
 MAX_ATTEMPTS = 4
 FIRST_PAUSE = 0.2
 MAX_PAUSE = 2.0
@@ -197,16 +197,6 @@ async def send_batch_async(
 
 def envelope(message: Outgoing) -> tuple[str, Sequence[str], bytes]:
     return message.mail_from, message.rcpt_tos, message.wire
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run `coroutine` on a new event loop: uvloop's where it is installed, which about
-    doubles the messages a second (docs/benchmarks.md), else asyncio's own."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def send_batch(messages: Sequence[Outgoing], **options: Any) -> BatchReport:

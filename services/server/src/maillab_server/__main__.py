@@ -13,6 +13,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
+from maillab_common.loop import run
 from maillab_common.settings import ConfigError
 from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
@@ -103,7 +104,7 @@ def serve(config: ServerConfig) -> int:
     except (OSError, ValueError, ssl.SSLError) as exc:
         log.error("cannot set up TLS: %s", exc)
         return 1
-    return asyncio.run(_serve(config, factory, sessions))
+    return run(_serve(config, factory, sessions))
 
 
 async def _serve(config: ServerConfig, factory: Callable[[], LabSMTP], sessions: Sessions) -> int:

@@ -30,7 +30,7 @@ class Problem(Enum):
 
 @dataclass(frozen=True)
 class Finished:
-    message: bytes | None  # None when a limit was passed (the data was read and dropped)
+    message: bytearray | None  # None when a limit was passed (the data was read and dropped)
     problem: Problem | None
     rest: bytes  # what came after the end of data: pipelined commands
 
@@ -41,7 +41,9 @@ class DataScanner:
         self._end = _LENIENT_END if lenient else _STRICT_END
         self._stuffed = _LENIENT_STUFFED if lenient else _STRICT_STUFFED
         # A line of max_line_length bytes, CRLF included, has that many bytes before its LF.
-        self._long_line = re.compile(rb"^[^\n]{%d}" % max_line_length, re.MULTILINE)  # tried at line starts
+        self._max_line_length = max_line_length
+        self._line_length = 0  # of the line not yet ended
+        self._line_too_long = False
         # The CRLF that ended the DATA command line starts the first line of data: with it in
         # front, every line, the first too, and the end of data look the same.
         self._buffer = bytearray(b"\r\n")
@@ -58,8 +60,11 @@ class DataScanner:
 
     def feed(self, chunk: bytes) -> Finished | None:
         """Take the next bytes; return the result once the end of data has arrived."""
+        chunk_start = len(self._buffer)
         self._buffer += chunk
         found = self._find_end()
+        if not self._dropped:
+            self._measure_lines(chunk[: max(0, found[0] - chunk_start)] if found else chunk)
         if found is None:
             # The end may straddle chunks: search again from just before this chunk's end.
             self._scanned = max(0, len(self._buffer) - 4)
@@ -74,9 +79,21 @@ class DataScanner:
         # Keep the line end before the end of data: it ends the message's last line.
         del self._buffer[found[0] :]
         buffer, self._buffer = self._buffer, bytearray()
-        if self._long_line.search(buffer):
+        if self._line_too_long:
             return Finished(message=None, problem=Problem.LINE_TOO_LONG, rest=rest)
         if self._stuffed.search(buffer):  # rare: only lines that begin with a dot
             buffer = bytearray(self._stuffed.sub(lambda match: match[0][:-1], buffer))
         del buffer[:2]  # the CRLF put in front; deleting from the front of a bytearray is cheap
-        return Finished(message=bytes(buffer), problem=None, rest=rest)
+        return Finished(message=buffer, problem=None, rest=rest)
+
+    def _measure_lines(self, data: bytes) -> None:
+        """Keep track of the longest line, a chunk at a time (a split of one chunk runs in C)."""
+        lines = data.split(b"\n")
+        if len(lines) == 1:
+            self._line_length += len(data)
+        else:
+            inner = max(map(len, lines[1:-1]), default=-1) + 1  # map and len: no Python work per line
+            longest = max(self._line_length + len(lines[0]) + 1, inner)
+            self._line_length = len(lines[-1])
+            self._line_too_long |= longest > self._max_line_length
+        self._line_too_long |= self._line_length >= self._max_line_length

@@ -82,6 +82,7 @@ class ForwardHandler:
         started = time.monotonic()
         transaction_id = secrets.token_hex(8).upper()
         message = to_mbox_line_endings(envelope.original_content or b"")
+        envelope.content = envelope.original_content = None  # a large message is held once, not twice
         peer: Any = session.peer
         template = Delivery(
             mail_from=envelope.mail_from or "",
@@ -97,7 +98,7 @@ class ForwardHandler:
         groups = group_by_domain(envelope.rcpt_tos)
         records = {domain: render_record(replace(template, rcpt_tos=rcpts)) for domain, rcpts in groups.items()}
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._store.deliver, records)
+            await asyncio.wrap_future(self._store.submit(records))
         except StorageError as exc:
             log.warning("id=%s not stored: %s", transaction_id, exc)
             return exc.smtp_reply

@@ -120,7 +120,10 @@ class LabSMTP(SMTP):
             self._end_transaction()
             await self.push(finished.problem.value if finished.problem else "451 4.3.0 Error")
             return
-        self.envelope.content = self.envelope.original_content = finished.message
+        # bytes, as aiosmtpd promises handlers; the bytearray goes at once, and the handler may
+        # drop the message once converted: a large message is never held more than twice.
+        self.envelope.content = self.envelope.original_content = bytes(finished.message)
+        del finished
         status = await self._call_handler_hook("DATA")
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)

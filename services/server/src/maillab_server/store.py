@@ -13,7 +13,9 @@ import fcntl
 import logging
 import os
 import stat
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 from maillab_common.forward import parse_records
@@ -28,6 +30,53 @@ _READ_CHUNK = 1024 * 1024
 class ForwardStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._waiting: list[tuple[Mapping[str, bytes], Future[None]]] = []
+        self._wake = threading.Condition()
+        self._committer: threading.Thread | None = None
+
+    def submit(self, records: Mapping[str, bytes]) -> Future[None]:
+        """`deliver`, by group commit: what waits at the same moment goes to disk together.
+
+        One thread takes every delivery waiting when it comes round and writes them all with
+        one fsync per file. The future is done once this delivery is durable, or failed with
+        its StorageError; a failed group is undone and tried again one delivery at a time, so
+        a delivery fails only for its own reasons.
+        """
+        future: Future[None] = Future()
+        with self._wake:
+            self._waiting.append((records, future))
+            if self._committer is None:
+                self._committer = threading.Thread(target=self._commit_forever, name="group-commit", daemon=True)
+                self._committer.start()
+            self._wake.notify()
+        return future
+
+    def _commit_forever(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting:
+                    self._wake.wait()
+                group, self._waiting = self._waiting, []
+            if len(group) > 1:
+                merged: dict[str, list[bytes]] = {}
+                for records, _ in group:
+                    for domain, record in records.items():
+                        merged.setdefault(domain, []).append(record)
+                try:
+                    self._append(merged)
+                except StorageError:
+                    pass  # undone: now one by one
+                else:
+                    for _, future in group:
+                        future.set_result(None)
+                    continue
+            for records, future in group:
+                try:
+                    self.deliver(records)
+                except StorageError as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
 
     def check_writable(self) -> None:
         """Raise StorageError unless new forward files can be created in the folder."""
@@ -38,6 +87,9 @@ class ForwardStore:
 
     def deliver(self, records: Mapping[str, bytes]) -> None:
         """Append each domain's record to its forward file, durably, or none of them."""
+        self._append({domain: [record] for domain, record in records.items()})
+
+    def _append(self, records: Mapping[str, Sequence[bytes]]) -> None:
         domains = sorted(records)  # one lock order for everyone: no deadlock
         opened: list[int] = []
         sizes_before: list[int] = []
@@ -53,7 +105,8 @@ class ForwardStore:
                     raise StorageError(f"{self.root / domain} is not a regular file")
                 sizes_before.append(status.st_size)
             for fd, domain in zip(opened, domains, strict=True):
-                _write_all(fd, records[domain])
+                for record in records[domain]:
+                    _write_all(fd, record)
             for fd in opened:
                 os.fsync(fd)
             if created:
