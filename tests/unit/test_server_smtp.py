@@ -176,3 +176,53 @@ def test_fifty_concurrent_sessions_to_one_domain_never_interleave(server: Server
         number = record.delivery.mail_from.removeprefix("s").removesuffix("@sender.test")
         body = record.delivery.message.split(b"\n\n", 1)[1]
         assert body == (number.encode() + b"\n") * 2000, "a record holds one message, whole"
+
+
+def raw_session(server: ServerController, payload: bytes) -> list[bytes]:
+    """Send `payload` after EHLO in one write; the reply lines that come back until the server goes quiet."""
+    with socket.create_connection((server.hostname, server.port), timeout=3) as connection:
+        replies = connection.makefile("rb")
+        replies.readline()
+        connection.sendall(b"EHLO client.test\r\n")
+        while replies.readline()[3:4] == b"-":
+            pass
+        connection.sendall(payload)
+        lines = []
+        try:
+            while line := replies.readline():
+                lines.append(line)
+        except TimeoutError:
+            pass
+        return lines
+
+
+def test_smuggled_commands_stay_inside_the_message(server: ServerController) -> None:
+    envelope = b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@one.test>\r\nDATA\r\n"
+    smuggled = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@two.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nhi\r\n"
+    payload = envelope + b"Subject: real\r\n\r\nbody\n.\n" + smuggled + b".\r\nQUIT\r\n"
+    replies = raw_session(server, payload)
+    assert [line[:3] for line in replies] == [b"250", b"250", b"354", b"250", b"221"]
+    [record] = stored(server.config.forward_dir, "one.test")
+    assert b"MAIL FROM:<evil@x.test>" in record.delivery.message
+    assert not (server.config.forward_dir / "two.test").exists()
+
+
+def test_lenient_mode_takes_a_course_style_client(start_server: StartServer) -> None:
+    server = start_server(lenient_line_endings=True)
+    payload = b"MAIL FROM:<a@sender.test>\nRCPT TO:<b@one.test>\nDATA\nSubject: lf\n\nhello\n..dot\n.\nQUIT\n"
+    replies = raw_session(server, payload)
+    assert [line[:3] for line in replies] == [b"250", b"250", b"354", b"250", b"221"]
+    [record] = stored(server.config.forward_dir, "one.test")
+    assert record.delivery.message == b"Subject: lf\n\nhello\n.dot\n"
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipient"),
+    [("", "b@one.test"), ('"quoted local"@sender.test', '"x y"@one.test'), ("a@[192.0.2.1]", "b@[192.0.2.2]")],
+)
+def test_addresses_beyond_the_fast_path_still_parse(server: ServerController, sender: str, recipient: str) -> None:
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        assert client.sendmail(sender, [recipient], MESSAGE) == {}
+    domain = recipient.rpartition("@")[2].lower()
+    [record] = stored(server.config.forward_dir, domain)
+    assert record.delivery.mail_from == sender and record.delivery.rcpt_tos == (recipient,)

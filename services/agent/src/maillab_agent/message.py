@@ -21,22 +21,12 @@ from email.utils import formatdate
 from functools import cached_property
 
 from maillab_agent.smtp import wire_data
+from maillab_common.addresses import mailbox_problem
 
 DEFAULT_DOMAINS = ("alpha.test", "beta.test", "gamma.test")
 DEFAULT_SENDER = "agent@maillab.test"
 _SIZE = re.compile(r"\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
-
-
-# RFC 5321 section 4.1.2 <Mailbox>, with RFC 6531's UTF-8 allowed in atoms and labels.
-_UTF8 = "\u0080-\U0010ffff"
-_ATEXT = f"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~{_UTF8}-]"
-_DOT_STRING = f"{_ATEXT}+(?:\\.{_ATEXT}+)*"
-_QUOTED_STRING = f'"(?:[\\x20\\x21\\x23-\\x5b\\x5d-\\x7e{_UTF8}]|\\\\[\\x20-\\x7e])*"'
-_LET_DIG = f"[A-Za-z0-9{_UTF8}]"
-_SUB_DOMAIN = f"{_LET_DIG}(?:[A-Za-z0-9{_UTF8}-]*{_LET_DIG})?"
-_ADDRESS_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]"
-_MAILBOX = re.compile(f"({_DOT_STRING}|{_QUOTED_STRING})@({_SUB_DOMAIN}(?:\\.{_SUB_DOMAIN})*|{_ADDRESS_LITERAL})")
 
 
 class BadInput(ValueError):
@@ -54,11 +44,9 @@ class InvalidMailbox(BadInput):
 def check_mailbox(address: str) -> str:
     """`address` if it is an RFC 5321 mailbox (local-part@domain); InvalidMailbox otherwise."""
     require_single_line(address, "an address")
-    match = _MAILBOX.fullmatch(address)
-    if match is None:
-        raise InvalidMailbox(f"{address!r} is not a valid mailbox: expected local-part@domain (RFC 5321)")
-    if len(match[1].encode()) > 64 or len(match[2].encode()) > 255:
-        raise InvalidMailbox(f"{address!r} is too long: at most 64 bytes before the @ and 255 after")
+    problem = mailbox_problem(address)
+    if problem:
+        raise InvalidMailbox(f"{address!r} {problem}")
     return address
 
 

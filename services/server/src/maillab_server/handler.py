@@ -60,7 +60,7 @@ class ForwardHandler:
     ) -> str:
         if has_control_characters(address):
             return "553 5.1.7 The sender address holds control characters"
-        envelope.mail_from = address
+        envelope.mail_from = "" if address == "<>" else address  # aiosmtpd hands the null sender over as "<>"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -20,12 +21,14 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP
 
+from maillab_common.addresses import mailbox_problem
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner
 from maillab_server.tls import LabLogins, tls_context
 
 log = logging.getLogger(__name__)
 _DATA_READ = 1024 * 1024
+_PLAIN_ANGLE_ADDRESS = re.compile(r'\s*<([^<>"\s\\]+)>')
 
 
 class Sessions:
@@ -127,6 +130,23 @@ class LabSMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parser, with a fast path for a plain <mailbox>.
+
+        aiosmtpd parses every address with the email package's RFC 5322 parser, about 0.3 ms
+        each, most of the server's time on small messages. A plain RFC 5321 mailbox in angle
+        brackets gives the same result from one regular expression; anything else (quoted
+        local parts, the null sender, source routes, garbage) still goes to aiosmtpd.
+        """
+        match = _PLAIN_ANGLE_ADDRESS.match(arg)
+        if match is None or mailbox_problem(match[1]):
+            parsed: tuple[str | None, str | None] = super()._getaddr(arg)
+            return parsed
+        local_part = match[1].rpartition("@")[0]
+        if self.local_part_limit and len(local_part) > self.local_part_limit:
+            return None, None
+        return match[1], arg[match.end() :]
 
     def _end_transaction(self) -> None:
         protocol: Any = self  # aiosmtpd's method is not annotated
