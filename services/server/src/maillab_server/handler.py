@@ -60,7 +60,7 @@ class ForwardHandler:
     ) -> str:
         if has_control_characters(address):
             return "553 5.1.7 The sender address holds control characters"
-        envelope.mail_from = "" if address == "<>" else address  # aiosmtpd hands the null sender over as "<>"
+        envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
@@ -85,7 +85,8 @@ class ForwardHandler:
         envelope.content = envelope.original_content = None  # a large message is held once, not twice
         peer: Any = session.peer
         template = Delivery(
-            mail_from=envelope.mail_from or "",
+            # aiosmtpd keeps the null sender as "<>" (an empty one would read as no MAIL yet)
+            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=(),
             received_at=datetime.now(UTC).replace(microsecond=0),
             transaction_id=transaction_id,
