@@ -108,8 +108,9 @@ def render_record(delivery: Delivery) -> bytes:
         f"\t{format_datetime(received_at)}",
         f"{LENGTH_HEADER}: {len(body)}",
     ]
-    # The blank line after the body ends the record, as mbox requires.
-    return ("\n".join(lines) + "\n").encode("utf-8") + body + b"\n"
+    # The blank line after the body ends the record, as mbox requires. One join: a large
+    # message is copied once, not once for each +.
+    return b"".join((("\n".join(lines) + "\n").encode("utf-8"), body, b"\n"))
 
 
 def parse_records(buf: bytes, offset: int = 0) -> tuple[list[Record | Damaged], bytes]:
