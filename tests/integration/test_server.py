@@ -154,3 +154,27 @@ def read_forward(server: DockerContainer) -> dict[str, bytes]:
         assert content.exit_code == 0, content.output
         files[name] = content.output
     return files
+
+
+def test_fifty_concurrent_sessions_to_one_domain_never_interleave(small_disk_server: DockerContainer) -> None:
+    """50 clients at once, all to one domain file, in the container: every record whole."""
+    host, port = small_disk_server.get_container_host_ip(), int(small_disk_server.get_exposed_port(2525))
+
+    def session(number: int) -> None:
+        with smtplib.SMTP(host, port, timeout=60) as client:
+            body = f"Subject: s{number}\r\n\r\n".encode() + (b"%02d" % number + b"-" * 60 + b"\r\n") * 30
+            client.sendmail(f"s{number}@sender.test", ["one@shared.test"], body)
+
+    threads = [threading.Thread(target=session, args=(number,)) for number in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    [content] = read_forward(small_disk_server).values()
+    items, leftover = parse_records(content)
+    assert leftover == b"" and len(items) == 50
+    for item in items:
+        assert isinstance(item, Record)
+        number = item.delivery.mail_from.removeprefix("s").removesuffix("@sender.test")
+        lines = item.delivery.message.split(b"\n\n", 1)[1].splitlines()
+        assert lines == [b"%02d" % int(number) + b"-" * 60] * 30, "one message per record, whole"
