@@ -16,12 +16,11 @@ import os
 import shutil
 import smtplib
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
 
-from bench.common import free_port, start_process, stop_process, wait_for_port
+from bench.common import free_port, smtp_source, start_process, stop_process, wait_for_port
 from maillab_agent.batch import send_batch
 from maillab_agent.message import Outgoing, batch_messages
 
@@ -31,30 +30,6 @@ def sized_batch(count: int, target: int) -> list[Outgoing]:
     overhead = len(batch_messages(seed=1, count=1, attachments=1, attachment_size=(1, 1))[0].data)
     raw = max(1, (target - overhead) * 3 // 4)  # base64 makes 4 bytes of 3
     return batch_messages(seed=1, count=count, attachments=1, attachment_size=(raw, raw))
-
-
-def smtp_source(port: int, sessions: int, count: int, size: int) -> float:
-    started = time.monotonic()
-    subprocess.run(
-        [
-            "smtp-source",
-            "-s",
-            str(sessions),
-            "-m",
-            str(count),
-            "-l",
-            str(size),
-            "-d",
-            "-f",
-            "bench@source.test",
-            "-t",
-            "sink@sink.test",
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return count / (time.monotonic() - started)
 
 
 def agent_batch(port: int, sessions: int, messages: Sequence[Outgoing]) -> float:

@@ -53,3 +53,28 @@ def percentile(values: Sequence[float], percent: int) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(percent / 100 * len(ordered)) - 1))
     return ordered[index]
+
+
+def smtp_source(port: int, sessions: int, count: int, size: int) -> float:
+    """Postfix's smtp-source: `count` messages of `size` bytes over `sessions` reused sessions; msgs/s."""
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-s",
+            str(sessions),
+            "-m",
+            str(count),
+            "-l",
+            str(size),
+            "-d",
+            "-f",
+            "bench@source.test",
+            "-t",
+            "sink@sink.test",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return count / (time.monotonic() - started)

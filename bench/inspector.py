@@ -98,19 +98,23 @@ def latency(rate: float, seconds: float, work: Path) -> dict[str, float]:
         stop_process(server)
 
 
-def per_record_cost(big_bytes: int, work: Path, records: int = 300) -> dict[str, float]:
-    """Median time to read one appended record, from a huge forward file and from an empty one."""
-    template = Delivery(
+def synthetic(message: bytes) -> Delivery:
+    return Delivery(
         mail_from="a@bench.test",
-        rcpt_tos=("b@big.test",),
+        rcpt_tos=("b@bench.test",),
         received_at=datetime(2026, 1, 1, tzinfo=UTC),
         transaction_id="BENCH",
         helo="bench",
         peer="127.0.0.1",
         server_name="bench",
         tls=False,
-        message=b"Subject: cost\n\n" + b"y" * 100_000 + b"\n",
+        message=message,
     )
+
+
+def per_record_cost(big_bytes: int, work: Path, records: int = 300) -> dict[str, float]:
+    """Median time to read one appended record, from a huge forward file and from an empty one."""
+    template = synthetic(b"Subject: cost\n\n" + b"y" * 100_000 + b"\n")
     filler = render_record(template)
     folder = work / "cost-forward"
     folder.mkdir()
@@ -146,19 +150,7 @@ def memory_reading(work: Path, total_bytes: int, message_bytes: int) -> float:
     """Peak RSS (MiB) of `inspector list` over a forward file of `total_bytes` in messages of `message_bytes`."""
     folder = work / f"memory-{message_bytes}"
     folder.mkdir()
-    record = render_record(
-        Delivery(
-            mail_from="a@bench.test",
-            rcpt_tos=("b@mem.test",),
-            received_at=datetime(2026, 1, 1, tzinfo=UTC),
-            transaction_id="MEM",
-            helo="bench",
-            peer="127.0.0.1",
-            server_name="bench",
-            tls=False,
-            message=b"Subject: memory\n\n" + (b"z" * 999 + b"\n") * (message_bytes // 1000),
-        )
-    )
+    record = render_record(synthetic(b"Subject: memory\n\n" + (b"z" * 999 + b"\n") * (message_bytes // 1000)))
     with open(folder / "mem.test", "wb") as file:
         for _ in range(max(1, total_bytes // len(record))):
             file.write(record)

@@ -17,34 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import free_port, start_process, stop_process, wait_for_port
-
-
-def smtp_source(port: int, sessions: int, count: int, size: int) -> float:
-    started = time.monotonic()
-    subprocess.run(
-        [
-            "smtp-source",
-            "-s",
-            str(sessions),
-            "-m",
-            str(count),
-            "-l",
-            str(size),
-            "-d",
-            "-f",
-            "bench@source.test",
-            "-t",
-            "sink@sink.test",
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return count / (time.monotonic() - started)
+from bench.common import free_port, smtp_source, start_process, stop_process, wait_for_port
 
 
 def memory_kib(pid: int, field: str) -> int:
