@@ -7,7 +7,7 @@ BASE_IMAGE = scripts/base-image.sh
 # The base image is resolved when a target needs it, not when make reads this file.
 WITH_BASE = MAILLAB_PYTHON_IMAGE="$$($(BASE_IMAGE))"
 
-.PHONY: help up down logs send verify build test unit integration lint bench clean check-compose
+.PHONY: help up down logs send verify build test unit integration lint bench fuzz clean check-compose
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markd
 	$(VENV)/bin/python -m bench.server
 	$(VENV)/bin/python -m bench.agent
 	$(VENV)/bin/python -m bench.inspector
+
+fuzz: $(VENV)/.installed ## The hostile-session battery at full size (MAILLAB_FUZZ_EXAMPLES, 100000)
+	MAILLAB_FUZZ_EXAMPLES=$${MAILLAB_FUZZ_EXAMPLES:-100000} $(VENV)/bin/pytest tests/unit/test_fuzz_smtp.py -p no:logging -q
 
 clean: check-compose ## Stop the lab and delete its volume and the virtualenv
 	$(DOCKER_COMPOSE) --profile tools down --volumes --remove-orphans

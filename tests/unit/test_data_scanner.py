@@ -83,3 +83,10 @@ def test_a_line_over_the_limit_is_refused(length: int, refused: bool) -> None:
     result = scan(data, cuts=(300, 700, 900))
     assert result is not None
     assert (result.problem is Problem.LINE_TOO_LONG) == refused
+
+
+@pytest.mark.parametrize(("size", "refused"), [(1024, False), (1025, True)])
+def test_the_size_limit_counts_the_message_exactly(size: int, refused: bool) -> None:
+    message = b"x" * (size - 2) + b"\r\n"
+    result = scan(message + b".\r\n", size=1024)
+    assert result is not None and (result.problem is Problem.TOO_BIG) == refused

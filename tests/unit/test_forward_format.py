@@ -154,3 +154,8 @@ def test_python_mailbox_reads_a_forward_file(tmp_path: Path) -> None:
     assert read[0].get_payload() == "Hello, world.\n"
     # mbox readers that do not unescape show the mboxrd escape: a leading '>' more.
     assert read[3].get_payload() == ">From here\n>>From there\n>>>From afar\n>From \n"
+
+
+def test_runs_of_crs_before_a_line_end_go_in_one_pass() -> None:
+    line = b"a" + b"\r" * 997 + b"\r\n"
+    assert to_mbox_line_endings(line * 3 + b"b\r\r\nc\rd\r\n") == b"a\na\na\nb\nc\rd\n"

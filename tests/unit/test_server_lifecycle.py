@@ -159,3 +159,24 @@ def test_a_bad_variable_stops_start_up_with_a_clear_message() -> None:
         env={**os.environ, "MAILLAB_IDLE_TIMEOUT": "soon"},
     )
     assert result.returncode == 2 and "MAILLAB_IDLE_TIMEOUT='soon' is not a number" in result.stderr
+
+
+def test_a_client_that_never_reads_does_not_hold_up_the_shutdown(
+    server_process: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    process, port, _ = server_process
+    flood = socket.create_connection(("127.0.0.1", port), timeout=10)
+    flood.setblocking(False)
+    sent = 0
+    try:
+        while sent < 16 * 1024 * 1024:  # NOOPs whose replies it never reads, until the socket backs up
+            try:
+                sent += flood.send(b"NOOP\r\n" * 4096)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 20
+    finally:
+        flood.close()

@@ -62,7 +62,15 @@ def test_the_250_reply_names_the_stored_transaction(server: ServerController, cl
 
 
 @pytest.mark.parametrize(
-    "address", ["user@../etc", "user@a/b.test", "user@.hidden", "nodomain", "user@-x.test", "a\u2028b@one.test"]
+    "address",
+    [
+        "user@../etc",
+        "user@a/b.test",
+        "user@.hidden",
+        "nodomain",
+        "user@-x.test",
+        "a\u2028b@one.test",
+    ],
 )
 def test_a_recipient_whose_domain_cannot_be_a_file_gets_553(client: smtplib.SMTP, address: str) -> None:
     client.ehlo()
@@ -226,3 +234,9 @@ def test_addresses_beyond_the_fast_path_still_parse(server: ServerController, se
     domain = recipient.rpartition("@")[2].lower()
     [record] = stored(server.config.forward_dir, domain)
     assert record.delivery.mail_from == sender and record.delivery.rcpt_tos == (recipient,)
+
+
+def test_invalid_utf8_in_an_address_is_refused_not_an_internal_error(server: ServerController) -> None:
+    payload = b"MAIL FROM:<a\x89b@sender.test>\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<c\x89@one.test>\r\nQUIT\r\n"
+    replies = raw_session(server, payload)
+    assert [line[:3] for line in replies] == [b"553", b"250", b"553", b"221"], replies

@@ -115,9 +115,9 @@ def test_repair_cuts_even_a_tear_of_a_few_bytes(tmp_path: Path, torn_at: int) ->
 def test_group_commit_stores_every_delivery_and_fails_only_the_bad_one(tmp_path: Path) -> None:
     store = ForwardStore(tmp_path)
     (tmp_path / "broken.test").mkdir()  # a folder where a file should be: that delivery must fail
-    futures = [store.submit({"a.test": record(number), "b.test": record(number)}) for number in range(50)]
-    futures.append(store.submit({"a.test": record(99), "broken.test": record(99)}))
-    futures += [store.submit({"a.test": record(number)}) for number in range(100, 120)]
+    futures = [store.submit({"a.test": [record(number)], "b.test": [record(number)]}) for number in range(50)]
+    futures.append(store.submit({"a.test": [record(99)], "broken.test": [record(99)]}))
+    futures += [store.submit({"a.test": [record(number)]}) for number in range(100, 120)]
     errors = [future.exception(timeout=30) for future in futures]
     assert [index for index, error in enumerate(errors) if error is not None] == [50]
     assert isinstance(errors[50], StorageError)

@@ -24,6 +24,6 @@ def mailbox_problem(address: str) -> str:
     match = _MAILBOX.fullmatch(address)
     if match is None:
         return "is not a valid mailbox: expected local-part@domain (RFC 5321)"
-    if len(match[1].encode()) > 64 or len(match[2].encode()) > 255:
+    if len(match[1].encode(errors="surrogateescape")) > 64 or len(match[2].encode(errors="surrogateescape")) > 255:
         return "is too long: at most 64 bytes before the @ and 255 after"
     return ""

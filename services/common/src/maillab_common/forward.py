@@ -29,6 +29,7 @@ MAX_TRACE_BYTES = 256 * 1024
 # the "\nFrom " that ends the damage.
 _RESYNC_TAIL = len(b"\nFrom ") - 1
 
+_CRS_BEFORE_LF = re.compile(rb"\r+\n")
 _FROM_LINE_ESCAPE = re.compile(rb"^(>*From )", re.MULTILINE)
 _FROM_LINE_UNESCAPE = re.compile(rb"^>(>*From )", re.MULTILINE)
 _LENGTH_LINE = ("\n" + LENGTH_HEADER + ": ").encode()
@@ -83,18 +84,23 @@ def to_mbox_line_endings(message: bytes) -> bytes:
     """
     if not message.endswith(b"\n"):
         message += b"\n"
-    # CRs before a line end go, at the speed of bytes.replace; a CR-free message (one already
-    # converted, say) costs a single memchr.
-    while b"\r" in message and b"\r\n" in message:
-        message = message.replace(b"\r\n", b"\n")
-    return message
+    if b"\r" not in message:  # one already converted, say: a single memchr
+        return message
+    message = message.replace(b"\r\n", b"\n")  # the usual case, at the speed of bytes.replace
+    # Runs of CRs before a line end are left; one linear pass takes them all.
+    return _CRS_BEFORE_LF.sub(b"\n", message) if b"\r\n" in message else message
 
 
-def render_record(delivery: Delivery) -> bytes:
-    """The bytes to append to a forward file for one delivery."""
-    body = to_mbox_line_endings(delivery.message)
+def render_body(message: bytes) -> bytes:
+    """The stored form of a message: LF line endings, mboxrd-escaped. The same for every domain."""
+    body = to_mbox_line_endings(message)
     if b"From " in body:  # a quick look first: most messages have no such line
         body = _FROM_LINE_ESCAPE.sub(rb">\1", body)
+    return body
+
+
+def render_trace(delivery: Delivery, body_length: int) -> bytes:
+    """The From line and trace headers that go before a body of `body_length` bytes."""
     received_at = delivery.received_at.astimezone(UTC)
     # mbox readers take the From line for ASCII without spaces (Python's mailbox does).
     sender = "".join(c if "!" <= c <= "~" else "_" for c in delivery.mail_from) or NULL_SENDER_FROM_LINE
@@ -106,11 +112,19 @@ def render_record(delivery: Delivery) -> bytes:
         f"Received: from {delivery.helo} ({delivery.peer})",
         f"\tby {delivery.server_name} (maillab) with {protocol} id {delivery.transaction_id};",
         f"\t{format_datetime(received_at)}",
-        f"{LENGTH_HEADER}: {len(body)}",
+        f"{LENGTH_HEADER}: {body_length}",
     ]
-    # The blank line after the body ends the record, as mbox requires. One join: a large
-    # message is copied once, not once for each +.
-    return b"".join((("\n".join(lines) + "\n").encode("utf-8"), body, b"\n"))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+# The blank line after the body ends a record, as mbox requires.
+RECORD_END = b"\n"
+
+
+def render_record(delivery: Delivery) -> bytes:
+    """The bytes to append to a forward file for one delivery: trace, body, end."""
+    body = render_body(delivery.message)
+    return b"".join((render_trace(delivery, len(body)), body, RECORD_END))
 
 
 def parse_records(buf: bytes, offset: int = 0) -> tuple[list[Record | Damaged], bytes]:

@@ -68,13 +68,13 @@ class DataScanner:
         if found is None:
             # The end may straddle chunks: search again from just before this chunk's end.
             self._scanned = max(0, len(self._buffer) - 4)
-            if len(self._buffer) - 2 > self._max_size:
+            if len(self._buffer) - 2 > self._max_size + 5:  # + 5: room for the end of data itself
                 self._dropped = True
                 del self._buffer[: self._scanned]
                 self._scanned = 0
             return None
         rest = bytes(self._buffer[found[1] :])
-        if self._dropped or found[0] > self._max_size:
+        if self._dropped or found[0] - 2 > self._max_size:  # the 2: the CRLF put in front
             return Finished(message=None, problem=Problem.TOO_BIG, rest=rest)
         # Keep the line end before the end of data: it ends the message's last line.
         del self._buffer[found[0] :]

@@ -11,7 +11,6 @@ is why pyproject pins aiosmtpd below 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -28,6 +27,7 @@ from maillab_server.tls import LabLogins, tls_context
 
 log = logging.getLogger(__name__)
 _DATA_READ = 1024 * 1024
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN_ANGLE_ADDRESS = re.compile(r'\s*<([^<>"\s\\]+)>')
 
 
@@ -43,15 +43,13 @@ class Sessions:
     async def shut_down(self, grace: float) -> None:
         """Refuse new commands, let messages being received finish within `grace`, close all."""
         self.closing = True
-        for session in list(self.open):
+        for session in self.open:
             session.refuse_commands()
-            if not session.in_data:
-                await session.close_with_421()
+        await asyncio.gather(*(session.close_with_421() for session in list(self.open) if not session.in_data))
         deadline = time.monotonic() + grace
         while self.in_data() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for session in list(self.open):
-            await session.close_with_421()
+        await asyncio.gather(*(session.close_with_421() for session in list(self.open)))
 
 
 class LabSMTP(SMTP):
@@ -131,6 +129,12 @@ class LabSMTP(SMTP):
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
 
+    async def push(self, status: str | bytes) -> None:
+        # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
+        # recognized'); a CR, NUL or other control byte there would break the reply's line.
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        await super().push(_CONTROL_CHARACTERS.sub("?", text))
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parser, with a fast path for a plain <mailbox>.
 
@@ -140,7 +144,7 @@ class LabSMTP(SMTP):
         local parts, the null sender, source routes, garbage) still goes to aiosmtpd.
         """
         match = _PLAIN_ANGLE_ADDRESS.match(arg)
-        if match is None or mailbox_problem(match[1]):
+        if match is None or not match[1].isprintable() or mailbox_problem(match[1]):
             parsed: tuple[str | None, str | None] = super()._getaddr(arg)
             return parsed
         local_part = match[1].rpartition("@")[0]
@@ -159,10 +163,18 @@ class LabSMTP(SMTP):
         self._smtp_methods = dict.fromkeys(self._smtp_methods, shutting_down)
 
     async def close_with_421(self, reason: str = "shutting down") -> None:
+        """Say 421 and close; a client that does not read its replies is cut off after a moment."""
         if self.transport is None or self.transport.is_closing():
             return
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.push(f"421 4.3.2 {self.hostname} {reason}; try again later")
+        try:
+            await asyncio.wait_for(self.push(f"421 4.3.2 {self.hostname} {reason}; try again later"), 2.0)
+        except (ConnectionError, OSError):
+            pass
+        except TimeoutError:
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abort()  # close() would wait for the unread replies forever
+            return
         if self.transport is not None:
             self.transport.close()
 

@@ -30,12 +30,15 @@ _READ_CHUNK = 1024 * 1024
 class ForwardStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._waiting: list[tuple[Mapping[str, bytes], Future[None]]] = []
+        self._waiting: list[tuple[Mapping[str, Sequence[bytes]], Future[None]]] = []
         self._wake = threading.Condition()
         self._committer: threading.Thread | None = None
 
-    def submit(self, records: Mapping[str, bytes]) -> Future[None]:
+    def submit(self, records: Mapping[str, Sequence[bytes]]) -> Future[None]:
         """`deliver`, by group commit: what waits at the same moment goes to disk together.
+
+        Each domain's record comes in parts (trace, body, end), so that one body can serve
+        every domain of a message without being copied.
 
         One thread takes every delivery waiting when it comes round and writes them all with
         one fsync per file. The future is done once this delivery is durable, or failed with
@@ -56,27 +59,39 @@ class ForwardStore:
             with self._wake:
                 while not self._waiting:
                     self._wake.wait()
-                group, self._waiting = self._waiting, []
-            if len(group) > 1:
-                merged: dict[str, list[bytes]] = {}
-                for records, _ in group:
-                    for domain, record in records.items():
-                        merged.setdefault(domain, []).append(record)
-                try:
-                    self._append(merged)
-                except StorageError:
-                    pass  # undone: now one by one
-                else:
-                    for _, future in group:
-                        future.set_result(None)
-                    continue
-            for records, future in group:
-                try:
-                    self.deliver(records)
-                except StorageError as exc:
-                    future.set_exception(exc)
-                else:
+                waiting, self._waiting = self._waiting, []
+            # A delivery whose client went away before it was written is dropped; one that is
+            # written can no longer be cancelled, so it always gets its result.
+            group = [(records, future) for records, future in waiting if future.set_running_or_notify_cancel()]
+            try:
+                self._commit(group)
+            except Exception as exc:  # the thread must live on: every later delivery needs it
+                log.exception("group commit failed")
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(StorageError(f"internal error: {exc!r}"))
+
+    def _commit(self, group: list[tuple[Mapping[str, Sequence[bytes]], Future[None]]]) -> None:
+        if len(group) > 1:
+            merged: dict[str, list[bytes]] = {}
+            for records, _ in group:
+                for domain, parts in records.items():
+                    merged.setdefault(domain, []).extend(parts)
+            try:
+                self._append(merged)
+            except StorageError:
+                pass  # undone: now one by one
+            else:
+                for _, future in group:
                     future.set_result(None)
+                return
+        for records, future in group:
+            try:
+                self._append(records)
+            except StorageError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
 
     def check_writable(self) -> None:
         """Raise StorageError unless new forward files can be created in the folder."""
