@@ -88,7 +88,7 @@ def to_mbox_line_endings(message: bytes) -> bytes:
         return message
     message = message.replace(b"\r\n", b"\n")  # the usual case, at the speed of bytes.replace
     # Runs of CRs before a line end are left; one linear pass takes them all.
-    return _CRS_BEFORE_LF.sub(b"\n", message) if b"\r\n" in message else message
+    return _CRS_BEFORE_LF.sub(b"\n", message) if b"\r" in message and b"\r\n" in message else message
 
 
 def render_body(message: bytes) -> bytes:

@@ -133,7 +133,7 @@ class LabSMTP(SMTP):
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
         # recognized'); a CR, NUL or other control byte there would break the reply's line.
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        await super().push(_CONTROL_CHARACTERS.sub("?", text))
+        await super().push(text if text.isprintable() else _CONTROL_CHARACTERS.sub("?", text))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parser, with a fast path for a plain <mailbox>.
