@@ -126,7 +126,7 @@ def test_handler_hooks_called_directly(tmp_path: Path) -> None:
 
     try:
         reply = call(handler.handle_MAIL(server, session, envelope, "bad\nsender@x.test", []))
-        assert reply == "553 5.1.7 The sender address holds control characters"
+        assert reply == "553 5.1.7 The sender address holds characters not allowed in an address"
         assert call(handler.handle_RCPT(server, session, envelope, "in\rjected@x.test", [])).startswith("553 ")
         assert call(handler.handle_RCPT(server, session, envelope, "ok@x.test", [])) == "250 2.1.5 OK"
         assert call(handler.handle_RCPT(server, session, envelope, "two@x.test", [])).startswith("452 4.5.3")

@@ -24,7 +24,7 @@ from maillab_server.store import ForwardStore
 log = logging.getLogger(__name__)
 
 
-def has_control_characters(text: str) -> bool:
+def has_unacceptable_characters(text: str) -> bool:
     """Control characters and Unicode line or paragraph separators: none belongs in an address."""
     return not text.isprintable()
 
@@ -58,8 +58,8 @@ class ForwardHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        if has_control_characters(address):
-            return "553 5.1.7 The sender address holds control characters"
+        if has_unacceptable_characters(address):
+            return "553 5.1.7 The sender address holds characters not allowed in an address"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -69,8 +69,8 @@ class ForwardHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self._config.max_recipients})"
-        if has_control_characters(address):
-            return "553 5.1.3 The recipient address holds control characters"
+        if has_unacceptable_characters(address):
+            return "553 5.1.3 The recipient address holds characters not allowed in an address"
         try:
             domain_of(address)
         except InvalidAddress as exc:
