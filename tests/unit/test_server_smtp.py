@@ -237,6 +237,7 @@ def test_addresses_beyond_the_fast_path_still_parse(server: ServerController, se
 
 
 def test_invalid_utf8_in_an_address_is_refused_not_an_internal_error(server: ServerController) -> None:
-    payload = b"MAIL FROM:<a\x89b@sender.test>\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<c\x89@one.test>\r\nQUIT\r\n"
-    replies = raw_session(server, payload)
-    assert [line[:3] for line in replies] == [b"553", b"250", b"553", b"221"], replies
+    payload = b"MAIL FROM:<a\x89b@sender.test>\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<c\x89@one.test>\r\n"
+    replies = raw_session(server, payload + b"VRFY >\x80\r\nQUIT\r\n")
+    assert [line[:3] for line in replies] == [b"553", b"250", b"553", b"502", b"221"], replies
+    assert all(b"Error: (" not in line for line in replies), "no exception leaks into a reply"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
@@ -79,6 +80,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(config: ServerConfig) -> None:
+    # Client bytes that are not UTF-8 reach some log lines: written escaped, never an error.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     handler = logging.StreamHandler(sys.stdout)
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -133,7 +133,10 @@ class LabSMTP(SMTP):
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
         # recognized'); a CR, NUL or other control byte there would break the reply's line.
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        await super().push(text if text.isprintable() else _CONTROL_CHARACTERS.sub("?", text))
+        if not text.isprintable():
+            # Control bytes, and the surrogates that undecodable client bytes become, go as "?".
+            text = _CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
+        await super().push(text)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT address parser, with a fast path for a plain <mailbox>.
