@@ -18,7 +18,7 @@ from maillab_agent.batch import send_batch, write_manifest
 from maillab_agent.message import ATTACHMENT_KINDS, UnsafeInput, batch_messages, build_message, parse_size
 from maillab_common.forward import Record, parse_records
 from maillab_inspector.render import attachment_payloads
-from maillab_server.handler import advertise_pipelining
+from maillab_server.handler import advertise_extensions
 from tests.unit.conftest import StartServer, free_port
 
 
@@ -112,7 +112,7 @@ class Pipelining:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        return advertise_pipelining(responses)
+        return advertise_extensions(responses)
 
 
 class FlakyHandler(Pipelining):

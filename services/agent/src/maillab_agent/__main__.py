@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maillab_agent.batch import Outcome, send_batch, write_manifest
+from maillab_agent.batch import RETRY_FOR, Outcome, send_batch, write_manifest
 from maillab_agent.config import DEFAULT_SMTP_PORT, AgentConfig
 from maillab_agent.interactive import compose
 from maillab_agent.message import (
@@ -251,6 +251,9 @@ def batch(
     recipients_per_message: Annotated[int, typer.Option(min=1, help="Recipients per message")] = 1,
     rate: Annotated[str | None, typer.Option(help="At most this many messages a second, e.g. 50/s")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed: the same seed gives the same messages")] = None,
+    retry_for: Annotated[
+        float, typer.Option(min=0, help="Retry a message that got a 4xx reply or was cut off for this many seconds")
+    ] = RETRY_FOR,
     manifest: Annotated[
         Path | None, typer.Option(help="Write a JSON manifest of what was sent here [env MAILLAB_MANIFEST]")
     ] = None,
@@ -307,6 +310,7 @@ def batch(
             concurrency=concurrency,
             timeout=config.timeout,
             rate=per_second,
+            retry_for=retry_for,
             on_outcome=advance,
         )
     if manifest is not None:

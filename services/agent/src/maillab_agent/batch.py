@@ -2,7 +2,10 @@
 
 Each of `concurrency` workers on one event loop keeps one connection open and sends
 message after message on it, pipelined where the server offers PIPELINING. A 4xx reply or
-a dropped connection is retried with a growing pause; a 5xx reply is final. An asyncio
+a dropped connection is retried with a growing pause for up to `retry_for` seconds (long
+enough to ride out a server restart); a 5xx reply is final. A message whose content went
+out without a reply coming back is retried with XMAILLAB-ONCE, so that a copy the server
+stored before it crashed is not stored twice. An asyncio
 client was chosen over smtplib in threads by measuring: docs/benchmarks.md has the figures.
 """
 
@@ -20,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from maillab_agent.message import Outgoing
-from maillab_agent.smtp import Reply, SmtpClient, SmtpConnectionError, SmtpError
+from maillab_agent.smtp import Envelope, Reply, SmtpClient, SmtpConnectionError, SmtpError
 from maillab_common.loop import run
 
-MAX_ATTEMPTS = 4
+RETRY_FOR = 30.0
 FIRST_PAUSE = 0.2
 MAX_PAUSE = 2.0
 
@@ -73,6 +76,7 @@ class _Job:
     index: int
     started: float
     attempt: int = 1
+    maybe_stored: bool = False  # an attempt's content went out and no reply came back
 
 
 class _Jobs:
@@ -117,6 +121,7 @@ async def send_batch_async(
     concurrency: int,
     timeout: float,
     rate: float | None = None,
+    retry_for: float = RETRY_FOR,
     on_outcome: Callable[[Outcome], None] = lambda outcome: None,
 ) -> BatchReport:
     jobs = _Jobs(len(messages), rate)
@@ -140,7 +145,7 @@ async def send_batch_async(
             if result.stage == "rcpt":
                 reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in result.refused.items())
             transient = result.reply.transient and all(rep.transient for rep in result.refused.values())
-        if transient and job.attempt < MAX_ATTEMPTS:
+        if transient and time.monotonic() - job.started < retry_for:
             jobs.retry(job)
         else:
             finish(job, False, reply, refused)
@@ -168,7 +173,7 @@ async def send_batch_async(
                 try:
                     if client is None:
                         client = await SmtpClient.connect(host, port, timeout=timeout)
-                    async for job, result in client.send_stream(take, lambda job: envelope(messages[job.index])):
+                    async for job, result in client.send_stream(take, lambda job: envelope(messages[job.index], job)):
                         in_flight.remove(job)
                         settle(job, result)
                         if isinstance(result, SmtpError) and result.reply.code == 421:
@@ -180,6 +185,7 @@ async def send_batch_async(
                     if not in_flight:
                         take()  # no connection: the next job pays with an attempt, so that retries end
                     for job in in_flight:
+                        job.maybe_stored |= job is exc.unanswered
                         settle(job, exc)
         finally:
             if client is not None:
@@ -195,8 +201,8 @@ async def send_batch_async(
     )
 
 
-def envelope(message: Outgoing) -> tuple[str, Sequence[str], bytes]:
-    return message.mail_from, message.rcpt_tos, message.wire
+def envelope(message: Outgoing, job: _Job) -> Envelope:
+    return Envelope(message.mail_from, message.rcpt_tos, message.wire, once=job.maybe_stored)
 
 
 def send_batch(messages: Sequence[Outgoing], **options: Any) -> BatchReport:
@@ -212,6 +218,7 @@ def write_manifest(path: Path, *, seed: int, server: str, messages: Sequence[Out
         entry["accepted"] = outcome.accepted
         entry["refused"] = list(outcome.refused)
         entry["reply"] = outcome.reply
+        entry["attempts"] = outcome.attempts
         entries.append(entry)
     document = {"seed": seed, "server": server, "count": len(messages), "messages": entries}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,9 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
+
+from maillab_common.esmtp import ONCE
 
 T = TypeVar("T")
 Job = TypeVar("Job")
@@ -51,7 +53,21 @@ class SmtpError(Exception):
 
 
 class SmtpConnectionError(Exception):
-    """The connection could not be made, or was lost."""
+    """The connection could not be made, or was lost.
+
+    `unanswered` is the job of send_stream whose content was sent without a reply coming
+    back: the server may have stored it.
+    """
+
+    unanswered: object = None
+
+
+class Envelope(NamedTuple):
+    mail_from: str
+    rcpt_tos: Sequence[str]
+    data: bytes  # from wire_data
+    # Ask for XMAILLAB-ONCE, where the server offers it: an earlier attempt may have been stored.
+    once: bool = False
 
 
 def wire_data(message: bytes) -> bytes:
@@ -144,14 +160,14 @@ class SmtpClient:
 
         Raises SmtpError when the sender, every recipient or the message itself is refused.
         """
-        jobs = [(mail_from, rcpt_tos, data)]
+        jobs = [Envelope(mail_from, rcpt_tos, data)]
         results = [result async for _, result in self.send_stream(lambda: jobs.pop() if jobs else None, lambda j: j)]
         if isinstance(results[0], SmtpError):
             raise results[0]
         return results[0]
 
     async def send_stream(
-        self, take: Callable[[], Job | None], envelope: Callable[[Job], tuple[str, Sequence[str], bytes]]
+        self, take: Callable[[], Job | None], envelope: Callable[[Job], Envelope]
     ) -> AsyncIterator[tuple[Job, dict[str, Reply] | SmtpError]]:
         """Send what `take` hands out until it hands out None; yield each message's result in order.
 
@@ -159,22 +175,27 @@ class SmtpClient:
         SmtpError that refused it. With PIPELINING, the next message's MAIL, RCPT and DATA go
         out right behind the previous message's content, before its reply is read (RFC 2920
         allows content first in a group): one round trip a message instead of two. A lost
-        connection raises SmtpConnectionError; what was taken and not yet yielded is unsent.
+        connection raises SmtpConnectionError; what was taken and not yet yielded is unsent,
+        except for the error's `unanswered` job.
         """
         pending: tuple[Job, dict[str, Reply], bytes] | None = None  # DATA accepted, content not sent yet
         while True:
             job = take()
             commands: list[str] = []
             if job is not None:
-                mail_from, rcpt_tos, data = envelope(job)
-                commands = self._envelope(mail_from, rcpt_tos, len(data))
+                mail_from, rcpt_tos, data, once = envelope(job)
+                commands = self._envelope(mail_from, rcpt_tos, len(data), once)
             # One write for the previous content and the next envelope: the server answers both
             # in one go, and no small segment waits on a delayed ACK (Nagle).
             burst = pending[2] if pending is not None else b""
             if commands and self.pipelining:
                 burst += self._encode(commands)
             opening = (commands, rcpt_tos) if job is not None else None
-            final, opened = await self._timed(self._exchange(burst, pending is not None, opening))
+            try:
+                final, opened = await self._timed(self._exchange(burst, pending is not None, opening))
+            except SmtpConnectionError as exc:
+                exc.unanswered = pending[0] if pending is not None else None
+                raise
             if pending is not None:
                 previous, refused, _ = pending
                 pending = None
@@ -205,10 +226,12 @@ class SmtpClient:
         except SmtpError as exc:
             return final, exc
 
-    def _envelope(self, mail_from: str, rcpt_tos: Sequence[str], size: int) -> list[str]:
+    def _envelope(self, mail_from: str, rcpt_tos: Sequence[str], size: int, once: bool) -> list[str]:
         parameters = ""
         if "SIZE" in self.extensions:
             parameters += f" SIZE={size}"
+        if once and ONCE in self.extensions:
+            parameters += f" {ONCE}"
         if "SMTPUTF8" in self.extensions and not all(address.isascii() for address in (mail_from, *rcpt_tos)):
             parameters += " SMTPUTF8"
         return [f"MAIL FROM:<{mail_from}>{parameters}", *(f"RCPT TO:<{rcpt}>" for rcpt in rcpt_tos), "DATA"]

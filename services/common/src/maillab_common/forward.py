@@ -76,6 +76,18 @@ class Damaged:
     reason: str
 
 
+def same_delivery(stored: Delivery, delivery: Delivery) -> bool:
+    """Whether two deliveries are one message: the same sender, recipients and bytes.
+
+    The trace (time, transaction id, peer) differs between two attempts of one message.
+    """
+    return (stored.mail_from, stored.rcpt_tos, stored.message) == (
+        delivery.mail_from,
+        delivery.rcpt_tos,
+        delivery.message,
+    )
+
+
 def to_mbox_line_endings(message: bytes) -> bytes:
     """The message with LF line endings and a final newline, as mbox stores it.
 

@@ -20,7 +20,7 @@ from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
 from maillab_server.protocol import LabSMTP, Sessions, protocol_factory
-from maillab_server.store import ForwardStore
+from maillab_server.store import RECENT_WINDOW, ForwardStore
 
 log = logging.getLogger("maillab_server")
 
@@ -55,7 +55,8 @@ def healthcheck(config: ServerConfig) -> int:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
     try:
-        with smtplib.SMTP("127.0.0.1", config.port, timeout=5) as client:
+        # A fixed local name: smtplib would otherwise look its own up, a DNS query per check.
+        with smtplib.SMTP("127.0.0.1", config.port, local_hostname="localhost", timeout=5) as client:
             code, reply = client.noop()
     except (OSError, smtplib.SMTPException) as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
@@ -95,7 +96,8 @@ def setup_logging(config: ServerConfig) -> None:
 
 def serve(config: ServerConfig) -> int:
     setup_logging(config)
-    store = ForwardStore(config.forward_dir)
+    # XMAILLAB-ONCE must see back past the largest message a retry may repeat.
+    store = ForwardStore(config.forward_dir, recent_window=max(RECENT_WINDOW, 2 * config.max_message_size))
     try:
         store.check_writable()
         store.repair()

@@ -16,6 +16,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from maillab_common.domains import InvalidAddress, domain_of, group_by_domain
+from maillab_common.esmtp import ONCE
 from maillab_common.forward import RECORD_END, Delivery, render_body, render_trace, to_mbox_line_endings
 from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
@@ -34,14 +35,14 @@ def trace_safe(text: str) -> str:
     return "".join(c if c.isprintable() and c not in " ()" else "_" for c in text) or "unknown"
 
 
-def advertise_pipelining(responses: list[str]) -> list[str]:
-    """The EHLO reply with PIPELINING (RFC 2920) added before its last line.
+def advertise_extensions(responses: list[str]) -> list[str]:
+    """The EHLO reply with PIPELINING (RFC 2920) and XMAILLAB-ONCE added before its last line.
 
     aiosmtpd reads commands one at a time from its stream and answers each in order, so
     pipelined commands already work; it just does not say so, and clients then wait for
     every reply before the next command.
     """
-    return [*responses[:-1], "250-PIPELINING", responses[-1]]
+    return [*responses[:-1], "250-PIPELINING", f"250-{ONCE}", responses[-1]]
 
 
 class ForwardHandler:
@@ -53,7 +54,7 @@ class ForwardHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        return advertise_pipelining(responses)
+        return advertise_extensions(responses)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -100,22 +101,26 @@ class ForwardHandler:
         # The body once, for every domain: a 30 MB message to 100 domains is held once, not 100 times
         # (and, with no line to escape, it is `message` itself).
         body = render_body(message)
+        deliveries = {domain: replace(template, rcpt_tos=rcpts) for domain, rcpts in groups.items()}
         records = {
-            domain: (render_trace(replace(template, rcpt_tos=rcpts), len(body)), body, RECORD_END)
-            for domain, rcpts in groups.items()
+            domain: (render_trace(delivery, len(body)), body, RECORD_END) for domain, delivery in deliveries.items()
         }
+        once = deliveries if ONCE in envelope.mail_options else None
         try:
-            await asyncio.wrap_future(self._store.submit(records))
+            already_stored = await asyncio.wrap_future(self._store.submit(records, once=once))
         except StorageError as exc:
             log.warning("id=%s not stored: %s", transaction_id, exc)
             return exc.smtp_reply
         log.info(
-            "id=%s from=<%s> rcpts=%d bytes=%d domains=%s ms=%.1f",
+            "id=%s from=<%s> rcpts=%d bytes=%d domains=%s%s ms=%.1f",
             transaction_id,
             envelope.mail_from,
             len(envelope.rcpt_tos),
             len(message),
             ",".join(groups),
+            f" already-stored={','.join(already_stored)}" if already_stored else "",
             (time.monotonic() - started) * 1000,
         )
+        if already_stored and len(already_stored) == len(records):
+            return "250 2.0.0 OK: already stored by an earlier attempt"
         return f"250 2.0.0 OK: stored as {transaction_id}"

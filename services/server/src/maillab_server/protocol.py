@@ -21,6 +21,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP
 
 from maillab_common.addresses import mailbox_problem
+from maillab_common.esmtp import ONCE
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner
 from maillab_server.tls import LabLogins, tls_context
@@ -154,6 +155,14 @@ class LabSMTP(SMTP):
         if self.local_part_limit and len(local_part) > self.local_part_limit:
             return None, None
         return match[1], arg[match.end() :]
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter parser, which knows XMAILLAB-ONCE: it stays in mail_options for the handler.
+
+        aiosmtpd refuses any MAIL parameter it does not know itself (and any with a "-").
+        """
+        parsed: dict[str, str | bool] | None = super()._getparams([param for param in params if param != ONCE])
+        return parsed
 
     def _end_transaction(self) -> None:
         protocol: Any = self  # aiosmtpd's method is not annotated

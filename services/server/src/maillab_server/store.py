@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from maillab_common.forward import parse_records
+from maillab_common.forward import Delivery, Record, parse_records, render_body, same_delivery
 from maillab_server.errors import StorageError, StorageFull
 
 log = logging.getLogger(__name__)
@@ -27,27 +27,40 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_N
 _READ_CHUNK = 1024 * 1024
 
 
+# How far back from the end of a forward file XMAILLAB-ONCE looks for an earlier copy:
+# a retry comes seconds after the attempt it repeats, so its copy is among the last records.
+RECENT_WINDOW = 64 * 1024 * 1024
+
+Parts = Mapping[str, Sequence[bytes]]  # domain -> its record in parts: trace, body, end
+Waiting = tuple[Parts, Mapping[str, Delivery] | None, Future[tuple[str, ...]]]
+
+
 class ForwardStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, recent_window: int = RECENT_WINDOW) -> None:
         self.root = root
-        self._waiting: list[tuple[Mapping[str, Sequence[bytes]], Future[None]]] = []
+        self.recent_window = recent_window
+        self._waiting: list[Waiting] = []
         self._wake = threading.Condition()
         self._committer: threading.Thread | None = None
 
-    def submit(self, records: Mapping[str, Sequence[bytes]]) -> Future[None]:
+    def submit(self, records: Parts, once: Mapping[str, Delivery] | None = None) -> Future[tuple[str, ...]]:
         """`deliver`, by group commit: what waits at the same moment goes to disk together.
 
         Each domain's record comes in parts (trace, body, end), so that one body can serve
         every domain of a message without being copied.
+
+        With `once` (each domain's delivery, for XMAILLAB-ONCE), a domain whose file already
+        holds the same delivery among its recent records is left out. The future's result
+        names those domains.
 
         One thread takes every delivery waiting when it comes round and writes them all with
         one fsync per file. The future is done once this delivery is durable, or failed with
         its StorageError; a failed group is undone and tried again one delivery at a time, so
         a delivery fails only for its own reasons.
         """
-        future: Future[None] = Future()
+        future: Future[tuple[str, ...]] = Future()
         with self._wake:
-            self._waiting.append((records, future))
+            self._waiting.append((records, once, future))
             if self._committer is None:
                 self._committer = threading.Thread(target=self._commit_forever, name="group-commit", daemon=True)
                 self._committer.start()
@@ -62,19 +75,24 @@ class ForwardStore:
                 waiting, self._waiting = self._waiting, []
             # A delivery whose client went away before it was written is dropped; one that is
             # written can no longer be cancelled, so it always gets its result.
-            group = [(records, future) for records, future in waiting if future.set_running_or_notify_cancel()]
+            group = [item for item in waiting if item[2].set_running_or_notify_cancel()]
             try:
-                self._commit(group)
+                if any(once is not None for _, once, _ in group):
+                    # Rare (retries only), so one at a time: each looks at what those before it wrote.
+                    for item in group:
+                        self._commit([item])
+                else:
+                    self._commit(group)
             except Exception as exc:  # the thread must live on: every later delivery needs it
                 log.exception("group commit failed")
-                for _, future in group:
+                for _, _, future in group:
                     if not future.done():
                         future.set_exception(StorageError(f"internal error: {exc!r}"))
 
-    def _commit(self, group: list[tuple[Mapping[str, Sequence[bytes]], Future[None]]]) -> None:
+    def _commit(self, group: list[Waiting]) -> None:
         if len(group) > 1:
             merged: dict[str, list[bytes]] = {}
-            for records, _ in group:
+            for records, _, _ in group:
                 for domain, parts in records.items():
                     merged.setdefault(domain, []).extend(parts)
             try:
@@ -82,16 +100,43 @@ class ForwardStore:
             except StorageError:
                 pass  # undone: now one by one
             else:
-                for _, future in group:
-                    future.set_result(None)
+                for _, _, future in group:
+                    future.set_result(())
                 return
-        for records, future in group:
+        for records, once, future in group:
             try:
-                self._append(records)
+                stored = tuple(
+                    sorted(domain for domain, delivery in (once or {}).items() if self._holds(domain, delivery))
+                )
+                self._append({domain: parts for domain, parts in records.items() if domain not in stored})
             except StorageError as exc:
                 future.set_exception(exc)
             else:
-                future.set_result(None)
+                future.set_result(stored)
+
+    def _holds(self, domain: str, delivery: Delivery) -> bool:
+        """Whether the domain's file ends with the same delivery among its last `recent_window` bytes."""
+        try:
+            fd = os.open(self.root / domain, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(str(exc)) from exc
+        try:
+            size = os.fstat(fd).st_size
+            start = max(0, size - self.recent_window)
+            recent = os.pread(fd, size - start, start)
+        except OSError as exc:
+            raise StorageError(str(exc)) from exc
+        finally:
+            os.close(fd)
+        if render_body(delivery.message) not in recent:  # one search, before any parsing
+            return False
+        if start:
+            first = recent.find(b"\nFrom ")  # mboxrd: a line that starts "From " starts a record
+            recent = recent[first + 1 :] if first != -1 else b""
+        items, _ = parse_records(recent, start)
+        return any(isinstance(item, Record) and same_delivery(item.delivery, delivery) for item in items)
 
     def check_writable(self) -> None:
         """Raise StorageError unless new forward files can be created in the folder."""

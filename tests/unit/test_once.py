@@ -1,0 +1,144 @@
+"""XMAILLAB-ONCE: a retry after a lost reply stores the message once, and only then."""
+
+from __future__ import annotations
+
+import smtplib
+from collections import Counter
+from dataclasses import replace
+from email import message_from_bytes
+from email.policy import default
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from maillab_agent.batch import send_batch
+from maillab_agent.message import batch_messages
+from maillab_common.esmtp import ONCE
+from maillab_common.forward import Record, parse_records, render_record
+from maillab_server.config import ServerConfig
+from maillab_server.handler import ForwardHandler
+from maillab_server.store import ForwardStore
+from tests.unit.conftest import StartServer
+from tests.unit.test_forward_format import BASE
+
+ONE = "one.test"
+MESSAGE = b"From: a@sender.test\r\nSubject: once\r\nMessage-ID: <once@sender.test>\r\n\r\nBody.\r\n"
+
+
+def records(forward: Path, domain: str) -> list[Record]:
+    path = forward / domain
+    if not path.exists():
+        return []
+    items, leftover = parse_records(path.read_bytes())
+    assert leftover == b""
+    return [item for item in items if isinstance(item, Record)]
+
+
+def test_once_stores_only_where_the_same_delivery_is_missing(start_server: StartServer) -> None:
+    server = start_server()
+    forward = server.config.forward_dir
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        assert ONCE.lower() in client.ehlo()[1].decode().lower()
+        # As a crash between two domains' fsyncs leaves it: one domain has the message, one has not.
+        client.sendmail("a@sender.test", ["x@one.test"], MESSAGE)
+        client.ehlo()
+        client.mail("a@sender.test", [ONCE])
+        client.rcpt("x@one.test")
+        client.rcpt("y@two.test")
+        assert client.data(MESSAGE)[0] == 250
+        assert (len(records(forward, ONE)), len(records(forward, "two.test"))) == (1, 1)
+
+        client.mail("a@sender.test", [ONCE])
+        client.rcpt("x@one.test")
+        client.rcpt("y@two.test")
+        code, reply = client.data(MESSAGE)
+        assert (code, reply) == (250, b"2.0.0 OK: already stored by an earlier attempt")
+        assert (len(records(forward, ONE)), len(records(forward, "two.test"))) == (1, 1)
+
+        # Not the same delivery: other bytes, another sender, other recipients of the domain.
+        client.sendmail("a@sender.test", ["x@one.test"], MESSAGE + b"more\r\n", mail_options=[ONCE])
+        client.sendmail("b@sender.test", ["x@one.test"], MESSAGE, mail_options=[ONCE])
+        client.sendmail("a@sender.test", ["x@one.test", "z@one.test"], MESSAGE, mail_options=[ONCE])
+        # Without the parameter, SMTP's rule stands: a message sent twice is stored twice.
+        client.sendmail("a@sender.test", ["x@one.test"], MESSAGE)
+    stored = [(r.delivery.mail_from, r.delivery.rcpt_tos, len(r.delivery.message)) for r in records(forward, ONE)]
+    plain = len(MESSAGE) - MESSAGE.count(b"\r")
+    assert stored == [
+        ("a@sender.test", ("x@one.test",), plain),
+        ("a@sender.test", ("x@one.test",), plain + 5),
+        ("b@sender.test", ("x@one.test",), plain),
+        ("a@sender.test", ("x@one.test", "z@one.test"), plain),
+        ("a@sender.test", ("x@one.test",), plain),
+    ]
+
+
+def test_once_looks_back_over_the_recent_window_only(tmp_path: Path) -> None:
+    delivery = replace(BASE, message=b"Subject: early\n\nearly\n")
+    filler = render_record(replace(BASE, message=b"Subject: filler\n\n" + b"f" * 5000 + b"\n"))
+    record = render_record(delivery)
+    narrow = ForwardStore(tmp_path, recent_window=4096)
+    narrow.deliver({"a.test": record})
+    assert narrow.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    narrow.deliver({"a.test": filler})  # now more than the window lies after it
+    assert narrow.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ()
+    wide = ForwardStore(tmp_path)
+    assert wide.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    subjects = [r.delivery.message.split(b"\n", 1)[0] for r in records(tmp_path, "a.test")]
+    assert subjects == [b"Subject: early", b"Subject: filler", b"Subject: early"]
+
+
+class LosesFirstReply(ForwardHandler):
+    """The real handler, but the connection drops after a message is stored the first time,
+    before its 250 goes out: what a server killed at that moment does to its client."""
+
+    def __init__(self, store: ForwardStore, config: ServerConfig, offer_once: bool = True) -> None:
+        super().__init__(store, config)
+        self.offer_once = offer_once
+        self.cut: set[bytes] = set()
+        self.mail_options: list[list[str]] = []
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        offered = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        return offered if self.offer_once else [line for line in offered if ONCE not in line]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        self.mail_options.append(list(envelope.mail_options))
+        status = await super().handle_DATA(server, session, envelope)
+        if content not in self.cut:
+            self.cut.add(content)
+            transport: Any = server.transport
+            transport.abort()
+        return status
+
+
+def message_ids(forward: Path) -> Counter[str]:
+    return Counter(
+        message_from_bytes(record.delivery.message, policy=default)["Message-ID"]
+        for path in forward.iterdir()
+        for record in records(forward, path.name)
+    )
+
+
+def test_the_agent_retries_a_lost_reply_with_once_and_nothing_is_stored_twice(start_server: StartServer) -> None:
+    config = ServerConfig(forward_dir=start_server().config.forward_dir)
+    handler = LosesFirstReply(ForwardStore(config.forward_dir), config)
+    server = start_server(handler)
+    messages = batch_messages(seed=3, count=8, attachments=1, attachment_size=(2000, 2000))
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=2, timeout=10)
+    assert report.accepted == 8 and report.retried == 8
+    assert message_ids(config.forward_dir) == Counter({message.message_id: 1 for message in messages})
+    assert sum(ONCE in options for options in handler.mail_options) == 8, "every retry, and only retries"
+
+
+def test_without_once_the_same_retry_stores_twice(start_server: StartServer) -> None:
+    """The control: where the server does not offer XMAILLAB-ONCE, SMTP's duplicate happens."""
+    config = ServerConfig(forward_dir=start_server().config.forward_dir)
+    server = start_server(LosesFirstReply(ForwardStore(config.forward_dir), config, offer_once=False))
+    messages = batch_messages(seed=3, count=4, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=2, timeout=10)
+    assert report.accepted == 4
+    assert message_ids(config.forward_dir) == Counter({message.message_id: 2 for message in messages})
