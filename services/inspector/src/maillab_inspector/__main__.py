@@ -28,11 +28,15 @@ from maillab_common.forward import Damaged, Record
 from maillab_common.settings import ConfigError
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.render import (
+    TOO_DEEP,
     MessageSummary,
     as_json,
     as_line,
     as_panel,
     attachment_payloads,
+    header_text,
+    headers_shown,
+    parse_headers,
     parse_message,
     summarize,
     text_body,
@@ -172,8 +176,10 @@ def list_messages(
 ) -> None:
     """One line per stored message."""
     _, root = setup(forward_dir)
-    for summary in _stored(ForwardTail(root), domain_file(domain)):
+    tail = ForwardTail(root)
+    for summary in _stored(tail, domain_file(domain)):
         print(as_line(summary), flush=True)
+    _warn_unfinished(tail)
 
 
 @app.command()
@@ -188,13 +194,17 @@ def show(
     for name, item in ForwardTail(root).poll_all():
         if not isinstance(item, Record):
             continue
-        message = parse_message(item)
-        if str(message.get("Message-ID", "")).strip().strip("<>") != wanted:
+        headers = parse_headers(item)  # cheap: most messages are not the one
+        if header_text(headers, "Message-ID").strip("<>") != wanted:
             continue
         out.print(f"[bold]{name}[/] @{item.offset}: from <{item.delivery.mail_from}> to {item.delivery.rcpt_tos}")
-        for header, value in message.items():
+        for header, value in headers_shown(headers):
             out.print(f"{header}: {value}", highlight=False, markup=False)
         out.print()
+        try:
+            message = parse_message(item)
+        except RecursionError:
+            fail(f"the body and attachments cannot be shown: {TOO_DEEP}", 1)
         out.print(text_body(message), highlight=False, markup=False)
         payloads = attachment_payloads(message)
         for filename, content_type, data in payloads:
@@ -244,6 +254,7 @@ def verify(
             if len(found) == len(wanted) or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
+    _warn_unfinished(tail)
     report = check(expected, found, not_accepted)
     table = Table(title=f"verify {path.name}")
     for column in ("expected", "delivered", "missing", "corrupted", "duplicated", "unsent", "damaged"):
@@ -307,10 +318,23 @@ def _start_observer(root: Path, handler: FileSystemEventHandler, observer: BaseO
 
 def _summary(domain: str, record: Record) -> MessageSummary | None:
     try:
-        return summarize(domain, record)
+        summary = summarize(domain, record)
     except Exception as exc:  # a message the email package cannot take apart must not stop the inspector
         log.warning("%s: the message at offset %d cannot be summarised: %s", domain, record.offset, exc)
         return None
+    if summary.problem:
+        log.warning("%s: the message at offset %d: %s", domain, record.offset, summary.problem)
+    return summary
+
+
+def _warn_unfinished(tail: ForwardTail) -> None:
+    for name, length in tail.unfinished().items():
+        log.warning(
+            "%s: its last %d bytes are not a whole record: one being written, or a torn one that "
+            "the server cuts off when it next starts",
+            name,
+            length,
+        )
 
 
 def _stored(tail: ForwardTail, only: str | None) -> Iterator[MessageSummary]:

@@ -1,7 +1,9 @@
 """Turning a stored record into what the inspector prints: a summary, as a panel or JSON.
 
 Pure functions: a record in, a summary or a renderable out. A message that cannot be
-decoded still gets a summary; what could not be read is left empty rather than raising.
+decoded still gets a summary; what could not be read is left empty rather than raising,
+and a message too deeply nested for the email package is summarised from its headers,
+with the reason in `problem`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage, Message
+from email.parser import BytesParser
 from email.policy import default
 
 from rich.console import Group
@@ -21,6 +24,10 @@ from rich.text import Text
 from maillab_common.forward import Record
 
 PREVIEW_LINES = 5
+# Where a line is shown to a person (a panel, `list`), longer text is cut here: a 4 MB
+# Subject is a fact about the message, not something to scroll past. JSON keeps it whole.
+SHOWN_CHARACTERS = 300
+TOO_DEEP = "MIME parts nested too deeply to read: headers only"
 
 
 @dataclass(frozen=True)
@@ -43,17 +50,35 @@ class MessageSummary:
     size: int
     attachments: tuple[AttachmentSummary, ...]
     preview: tuple[str, ...]  # the first lines of the text body
+    problem: str = ""  # why attachments and body could not be read, if they could not
 
 
 def parse_message(record: Record) -> EmailMessage:
+    """The whole message; raises RecursionError where its MIME parts nest thousands deep."""
     message = message_from_bytes(record.delivery.message, policy=default)
     assert isinstance(message, EmailMessage)  # the default policy's factory
     return message
 
 
+def parse_headers(record: Record) -> EmailMessage:
+    """The message's headers only: cheap, and possible however deep its MIME parts nest."""
+    message = BytesParser(policy=default).parsebytes(record.delivery.message, headersonly=True)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
 def summarize(domain: str, record: Record) -> MessageSummary:
     delivery = record.delivery
-    message = parse_message(record)
+    try:
+        message = parse_message(record)
+        attachments = tuple(
+            AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, kind, data in attachment_payloads(message)
+        )
+        preview = tuple(text_body(message).splitlines()[:PREVIEW_LINES])
+        problem = ""
+    except RecursionError:
+        message, attachments, preview, problem = parse_headers(record), (), (), TOO_DEEP
     return MessageSummary(
         domain=domain,
         offset=record.offset,
@@ -63,11 +88,9 @@ def summarize(domain: str, record: Record) -> MessageSummary:
         subject=header_text(message, "Subject"),
         message_id=header_text(message, "Message-ID"),
         size=len(delivery.message),
-        attachments=tuple(
-            AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            for name, kind, data in attachment_payloads(message)
-        ),
-        preview=tuple(text_body(message).splitlines()[:PREVIEW_LINES]),
+        attachments=attachments,
+        preview=preview,
+        problem=problem,
     )
 
 
@@ -96,11 +119,25 @@ def text_body(message: EmailMessage) -> str:
 
 
 def header_text(message: Message, name: str) -> str:
+    """The header's decoded value on one line; its raw value where decoding leaves nothing."""
+    raw = next((value for key, value in message.raw_items() if key.lower() == name.lower()), None)
+    return "" if raw is None else " ".join(_decoded(message, name, raw).split())
+
+
+def headers_shown(message: Message) -> list[tuple[str, str]]:
+    """Every header in order, decoded where it can be, as stored where it cannot."""
+    return [(name, _decoded(message, name, raw)) for name, raw in message.raw_items()]
+
+
+def _decoded(message: Message, name: str, raw: str) -> str:
     try:
-        value = message.get(name)
+        text = str(message.policy.header_fetch_parse(name, raw))
     except (ValueError, IndexError, AttributeError):  # the email package's parser on malformed headers
-        return ""
-    return "" if value is None else " ".join(str(value).split())
+        text = ""
+    if not text.strip():
+        # Undecodable bytes arrive as surrogates, which no output stream can write.
+        text = str(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace").strip()
+    return text
 
 
 def as_json(summary: MessageSummary) -> str:
@@ -118,6 +155,7 @@ def as_json(summary: MessageSummary) -> str:
                 {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
                 for a in summary.attachments
             ],
+            "problem": summary.problem,
         },
         ensure_ascii=False,
     )
@@ -129,14 +167,16 @@ def as_panel(summary: MessageSummary) -> Panel:
     fields.add_column()
     fields.add_row("from", Text(f"<{summary.mail_from}>"))
     fields.add_row("to", Text(", ".join(f"<{rcpt}>" for rcpt in summary.rcpt_to)))
-    fields.add_row("subject", Text(summary.subject))
-    fields.add_row("message-id", Text(summary.message_id))
+    fields.add_row("subject", Text(shown(summary.subject)))
+    fields.add_row("message-id", Text(shown(summary.message_id)))
     fields.add_row("size", Text(f"{summary.size} bytes"))
     for a in summary.attachments:
         fields.add_row("attachment", Text(f"{a.filename} ({a.content_type}, {a.size} bytes, sha256 {a.sha256[:12]})"))
+    if summary.problem:
+        fields.add_row("problem", Text(summary.problem, style="yellow"))
     parts: list[Table | Text] = [fields]
     if summary.preview:
-        parts.append(Text("\n".join(summary.preview), style="dim"))
+        parts.append(Text("\n".join(shown(line) for line in summary.preview), style="dim"))
     return Panel(
         Group(*parts),
         title=Text(f"{summary.received} {summary.domain}"),
@@ -149,6 +189,14 @@ def as_panel(summary: MessageSummary) -> Panel:
 def as_line(summary: MessageSummary) -> str:
     """One line per message, for `inspector list`."""
     return (
-        f"{summary.received}  {summary.domain}  {summary.message_id}  <{summary.mail_from}>  "
-        f"{summary.size}B  {len(summary.attachments)} att  {summary.subject}"
+        f"{summary.received}  {summary.domain}  {shown(summary.message_id)}  <{summary.mail_from}>  "
+        f"{summary.size}B  {len(summary.attachments)} att  {shown(summary.subject)}"
+        + (f"  [{summary.problem}]" if summary.problem else "")
     )
+
+
+def shown(text: str) -> str:
+    """`text` cut to SHOWN_CHARACTERS, saying how much was left out."""
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}… ({len(text) - SHOWN_CHARACTERS} more characters)"

@@ -63,6 +63,18 @@ class ForwardTail:
         for name, (inode, offset) in positions.items():
             self._files[name] = _Progress(inode=inode, read_to=offset)
 
+    def unfinished(self) -> dict[str, int]:
+        """For each file read: how many bytes at its end are not yet a whole record."""
+        found = {}
+        for name, progress in self._files.items():
+            try:
+                size = os.stat(self.root / name, follow_symlinks=False).st_size
+            except OSError:
+                continue
+            if size > progress.read_to:
+                found[name] = size - progress.read_to
+        return found
+
     def poll_all(self) -> Iterator[tuple[str, Record | Damaged]]:
         for name, _ in self._domain_files():
             yield from self.poll(name)

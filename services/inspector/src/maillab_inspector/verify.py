@@ -86,6 +86,8 @@ def check(
 
 
 def _difference(item: Expected, summary: MessageSummary) -> str:
+    if summary.problem:
+        return summary.problem
     if summary.subject != item.subject:
         return f"subject {summary.subject!r}, expected {item.subject!r}"
     stored = tuple((a.filename, a.sha256) for a in summary.attachments)
