@@ -23,11 +23,14 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from testcontainers.compose import DockerCompose
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.image import DockerImage
 from testcontainers.core.network import Network
 from testcontainers.core.wait_strategies import HealthcheckWaitStrategy
+
+from tests.unit.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("server", "inspector", "agent")
@@ -217,3 +220,23 @@ def lab(images: dict[str, str]) -> Iterator[Lab]:
         volume.remove(force=True)
         manifests.remove(force=True)
         client.close()
+
+
+@pytest.fixture
+def compose(base_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DockerCompose]:
+    # Its own project name and port, so that a lab started with `make up` is left alone.
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"maillab-test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("MAILLAB_SMTP_PORT", str(free_port()))
+    monkeypatch.setenv("MAILLAB_PYTHON_IMAGE", base_image)
+    # `up --build` builds only the services it starts; the agent (profile tools) is built here.
+    subprocess.run(
+        ["docker", "compose", "--profile", "tools", "build", "agent"], cwd=ROOT, check=True, capture_output=True
+    )
+    lab = DockerCompose(
+        context=str(ROOT), compose_file_name="compose.yaml", build=True, wait=True, services=["server", "inspector"]
+    )
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.stop()  # down --volumes

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from testcontainers.compose import DockerCompose
 
 from tests.integration.conftest import ROOT, wait_until
-from tests.unit.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def compose(base_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DockerCompose]:
-    # Its own project name and port, so that a lab started with `make up` is left alone.
-    monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"maillab-smoke-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("MAILLAB_SMTP_PORT", str(free_port()))
-    monkeypatch.setenv("MAILLAB_PYTHON_IMAGE", base_image)
-    lab = DockerCompose(
-        context=str(ROOT), compose_file_name="compose.yaml", build=True, wait=True, services=["server", "inspector"]
-    )
-    lab.start()
-    try:
-        yield lab
-    finally:
-        lab.stop()  # down --volumes
 
 
 def test_compose_lab_receives_a_batch_from_the_agent(compose: DockerCompose) -> None:
