@@ -239,4 +239,10 @@ def compose(base_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Docker
     try:
         yield lab
     finally:
+        # `down` leaves one-off `run` containers (an agent cut off by a failed test) behind.
+        client = docker.from_env()
+        project = {"label": f"com.docker.compose.project={os.environ['COMPOSE_PROJECT_NAME']}"}
+        for container in client.containers.list(all=True, filters=project):
+            container.remove(force=True)
+        client.close()
         lab.stop()  # down --volumes

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -156,10 +156,11 @@ class LabSMTP(SMTP):
             return None, None
         return match[1], arg[match.end() :]
 
-    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
-        """aiosmtpd's parameter parser, which knows XMAILLAB-ONCE: it stays in mail_options for the handler.
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter parser, past which XMAILLAB-ONCE gets: it stays in mail_options.
 
-        aiosmtpd refuses any MAIL parameter it does not know itself (and any with a "-").
+        aiosmtpd refuses any MAIL parameter it does not know itself (and any with a "-"). This
+        parser also serves RCPT, where XMAILLAB-ONCE is then ignored rather than refused.
         """
         parsed: dict[str, str | bool] | None = super()._getparams([param for param in params if param != ONCE])
         return parsed

@@ -115,7 +115,7 @@ class ForwardStore:
                 future.set_result(stored)
 
     def _holds(self, domain: str, delivery: Delivery) -> bool:
-        """Whether the domain's file ends with the same delivery among its last `recent_window` bytes."""
+        """Whether the domain's file holds the same delivery among its last `recent_window` bytes."""
         try:
             fd = os.open(self.root / domain, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
