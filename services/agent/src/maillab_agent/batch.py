@@ -5,8 +5,8 @@ message after message on it, pipelined where the server offers PIPELINING. A 4xx
 a dropped connection is retried with a growing pause for up to `retry_for` seconds (long
 enough to ride out a server restart); a 5xx reply is final. A message whose content went
 out without a reply coming back is retried with XMAILLAB-ONCE, so that a copy the server
-stored before it crashed is not stored twice. An asyncio
-client was chosen over smtplib in threads by measuring: docs/benchmarks.md has the figures.
+stored before it crashed is not stored twice. An asyncio client was chosen over smtplib
+in threads by measuring: docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ async def send_batch_async(
                         client.abort()
                         client = None
                     if not in_flight:
-                        take()  # no connection: the next job pays with an attempt, so that retries end
+                        take()  # no connection: the next job is charged, so a server that stays down ends the batch
                     for job in in_flight:
                         job.maybe_stored |= job is exc.unanswered
                         settle(job, exc)
