@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from typer.testing import CliRunner
 
 from maillab_agent.__main__ import EXIT_CONNECT, EXIT_RECIPIENTS_REJECTED, app
-from maillab_agent.batch import send_batch, write_manifest
+from maillab_agent.batch import MAX_PAUSE, _Jobs, send_batch, write_manifest
 from maillab_agent.message import ATTACHMENT_KINDS, UnsafeInput, batch_messages, build_message, parse_size
 from maillab_common.forward import Record, parse_records
 from maillab_inspector.render import attachment_payloads
@@ -322,3 +322,36 @@ def test_a_partly_refused_message_goes_to_the_others_and_says_so(
     write_manifest(tmp_path / "m.json", seed=0, server="test", messages=[message], report=report)
     [entry] = json.loads((tmp_path / "m.json").read_text())["messages"]
     assert entry["accepted"] is True and entry["refused"] == ["bad@one.test"]
+
+
+class BusyHandler(Pipelining):
+    """Answers 451 to every DATA: a server whose trouble does not pass."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "451 4.3.0 Busy"
+
+
+def test_a_4xx_that_never_passes_is_given_up_after_retry_for(start_server: StartServer) -> None:
+    server = start_server(BusyHandler())
+    messages = batch_messages(seed=5, count=3, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=2, timeout=10, retry_for=1.0)
+    assert report.rejected == 3
+    assert all(outcome.attempts > 1 and outcome.reply == "data: 451 4.3.0 Busy" for outcome in report.outcomes)
+
+
+def test_connections_over_the_servers_limit_are_retried_not_fatal(start_server: StartServer) -> None:
+    """More connections than the server allows: the extra ones get a 421 greeting and try again."""
+    server = start_server(max_connections=1)
+    messages = batch_messages(seed=6, count=12, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=3, timeout=10)
+    assert report.accepted == 12
+    assert report.retried > 0, "some connection met the limit"
+
+
+def test_the_pause_between_retries_stays_bounded_however_many_there_were() -> None:
+    jobs = _Jobs(count=1, rate=None)
+    job = jobs.take()
+    assert job is not None
+    job.attempt = 5000  # about three hours of a server that stays down
+    jobs.retry(job)
+    assert jobs.wait() == pytest.approx(MAX_PAUSE, abs=0.1)

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Record, render_record
-from maillab_inspector.render import SHOWN_CHARACTERS, TOO_DEEP, as_line, as_panel, summarize
+from maillab_inspector.render import (
+    SHOWN_CHARACTERS,
+    TOO_DEEP,
+    as_json,
+    as_line,
+    as_panel,
+    headers_shown,
+    read_contents,
+    summarize,
+)
 from maillab_inspector.tail import ForwardTail
 from tests.unit.test_forward_format import BASE
 from tests.unit.test_inspector_cli import Watch, inspector
@@ -63,11 +72,17 @@ HOSTILE = {
         b'Content-Disposition: attachment; filename="\n\nx\n',
         "bp",
     ),
+    "an address list the header parser trips over": (b"Subject: tf\nFrom: 5=08,c0\t, .78Bf4a\x00,]5\n\nx\n", "tf"),
+    "a disposition the MIME walk trips over": (
+        b"Subject: cd\nContent-Disposition: ).?;2a\xff2*\n\nx\n",
+        "cd",
+    ),
     "an empty message": (b"", ""),
     "headers and no body": (b"Subject: only", "only"),
 }
 
 TOO_DEEP_CASES = ("MIME nested 3,000 deep", "message/rfc822 nested 2,000 deep")
+UNREADABLE_CASES = ("a disposition the MIME walk trips over",)
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -85,6 +100,8 @@ def test_watch_prints_a_hostile_message_and_the_ones_after_it(case: str, tmp_pat
         if case in TOO_DEEP_CASES:
             assert printed[1]["problem"] == TOO_DEEP
             watch.wait_for_log(TOO_DEEP)
+        elif case in UNREADABLE_CASES:
+            assert printed[1]["problem"].startswith("MIME parts unreadable")
         else:
             assert printed[1]["problem"] == ""
         assert watch.process.poll() is None
@@ -132,6 +149,18 @@ def test_show_of_a_too_deep_message_prints_its_headers_and_says_why_not_the_rest
     assert inspector(forward, "show", "p1@x.test").returncode == 0, "a deep message elsewhere breaks nothing"
 
 
+@pytest.mark.parametrize(
+    "case", ["an address list the header parser trips over", "a disposition the MIME walk trips over"]
+)
+def test_show_prints_headers_the_email_package_trips_over(case: str, tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    (forward / "x.test").write_bytes(record(b"Message-ID: <trip@x.test>\n" + HOSTILE[case][0]))
+    result = inspector(forward, "show", "trip@x.test")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"Subject: {HOSTILE[case][1]}" in result.stdout
+
+
 def test_long_lines_are_cut_where_a_person_reads_them() -> None:
     long_subject = "s" * 100_000
     delivery = replace(BASE, message=f"Subject: {long_subject}\n\n{'b' * 100_000}\n".encode())
@@ -173,3 +202,27 @@ def test_any_damage_leaves_every_untouched_record_readable(
             expected = f"Subject: plain {number}\n".encode()
             assert any(message.startswith(expected) for message in found), (number, start, cut)
         offset = end
+
+
+HEADER_NAMES = ["Subject", "From", "To", "Cc", "Message-ID", "Date", "Content-Type", "Content-Disposition"]
+HEADER_NAMES += ["Content-Transfer-Encoding", "MIME-Version", "Reply-To", "References", "Received"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(HEADER_NAMES), st.binary(max_size=40).map(lambda value: value.replace(b"\n", b" "))),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_no_header_makes_the_inspector_raise(headers: list[tuple[str, bytes]]) -> None:
+    """Random header values, bytes and all: summarising and showing a message never raises."""
+    message = b"".join(name.encode() + b": " + value + b"\n" for name, value in headers) + b"\nbody\n"
+    record = Record(offset=0, length=1, delivery=replace(BASE, message=message))
+    summary = summarize("x.test", record)
+    as_json(summary).encode("utf-8")  # what watch --json writes: no lone surrogates
+    as_line(summary).encode("utf-8")
+    shown = headers_shown(read_contents(record).headers)
+    assert shown, "at least the first header is shown"
+    "".join(value for _, value in shown).encode("utf-8")

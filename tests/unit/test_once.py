@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 from collections import Counter
 from dataclasses import replace
@@ -10,6 +11,7 @@ from email.policy import default
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from maillab_agent.batch import send_batch
@@ -17,6 +19,7 @@ from maillab_agent.message import batch_messages
 from maillab_common.esmtp import ONCE
 from maillab_common.forward import Record, parse_records, render_record
 from maillab_server.config import ServerConfig
+from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
 from maillab_server.store import ForwardStore
 from tests.unit.conftest import StartServer
@@ -142,3 +145,63 @@ def test_without_once_the_same_retry_stores_twice(start_server: StartServer) -> 
     report = send_batch(messages, host=server.hostname, port=server.port, concurrency=2, timeout=10)
     assert report.accepted == 4
     assert message_ids(config.forward_dir) == Counter({message.message_id: 2 for message in messages})
+
+
+class DropsAtSecondMail(ForwardHandler):
+    """The real handler, offering no XMAILLAB-ONCE, that hangs up when a connection's second
+    MAIL arrives: right after the 250 for the message before it has gone out."""
+
+    def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
+        super().__init__(store, config)
+        self.mails: dict[int, int] = {}
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        offered = await super().handle_EHLO(server, session, envelope, hostname, responses)
+        return [line for line in offered if ONCE not in line]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        self.mails[id(session)] = self.mails.get(id(session), 0) + 1
+        if self.mails[id(session)] == 2:
+            transport: Any = server.transport
+            transport.close()
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+
+def test_a_250_read_just_before_the_connection_drops_counts(start_server: StartServer) -> None:
+    """The reply to a message comes, then the connection goes while the next envelope's replies
+    are read: the message is accepted, not sent again (which would store it twice)."""
+    config = ServerConfig(forward_dir=start_server().config.forward_dir)
+    server = start_server(DropsAtSecondMail(ForwardStore(config.forward_dir), config))
+    messages = batch_messages(seed=4, count=4, attachments=0)
+    report = send_batch(messages, host=server.hostname, port=server.port, concurrency=1, timeout=10)
+    assert report.accepted == 4
+    assert report.outcomes[0].attempts == 1, "the first message's 250 came before the hang-up"
+    assert message_ids(config.forward_dir) == Counter({message.message_id: 1 for message in messages})
+
+
+def test_a_lookup_that_fails_fails_only_its_own_delivery(tmp_path: Path) -> None:
+    """A FIFO where a forward file should be: the XMAILLAB-ONCE lookup refuses it at once
+    (it never blocks the one thread that writes), and the next delivery goes through."""
+    os.mkfifo(tmp_path / "fifo.test")
+    store = ForwardStore(tmp_path)
+    delivery = replace(BASE, message=b"Subject: once\n\nx\n")
+    failed = store.submit({"fifo.test": [render_record(delivery)]}, once={"fifo.test": delivery})
+    later = store.submit({"b.test": [render_record(delivery)]})
+    assert later.result(10) == ()
+    with pytest.raises(StorageError, match="not a regular file"):
+        failed.result(10)
+
+
+def test_a_record_right_at_the_edge_of_the_window_is_found(tmp_path: Path) -> None:
+    delivery = replace(BASE, message=b"Subject: edge\n\nedge\n")
+    record = render_record(delivery)
+    filler = render_record(replace(BASE, message=b"Subject: filler\n\n" + b"f" * 5000 + b"\n"))
+    (tmp_path / "a.test").write_bytes(filler + record)
+    exact = ForwardStore(tmp_path, recent_window=len(record))
+    assert exact.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    short = ForwardStore(tmp_path, recent_window=len(record) - 1)
+    assert short.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ()

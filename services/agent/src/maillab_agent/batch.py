@@ -101,7 +101,7 @@ class _Jobs:
         return _Job(index=next(self._fresh), started=now)
 
     def retry(self, job: _Job) -> None:
-        pause = min(MAX_PAUSE, FIRST_PAUSE * 2 ** (job.attempt - 1))
+        pause = min(MAX_PAUSE, FIRST_PAUSE * 2 ** min(job.attempt - 1, 16))  # retries are bounded by time
         job.attempt += 1
         heapq.heappush(self._retries, (time.monotonic() + pause, job.index, job))
 
@@ -172,7 +172,10 @@ async def send_batch_async(
 
                 try:
                     if client is None:
-                        client = await SmtpClient.connect(host, port, timeout=timeout)
+                        try:
+                            client = await SmtpClient.connect(host, port, timeout=timeout)
+                        except SmtpError as exc:  # a 421 greeting (too many connections), say
+                            raise SmtpConnectionError(f"{exc.stage}: {exc.reply}") from exc
                     async for job, result in client.send_stream(take, lambda job: envelope(messages[job.index], job)):
                         in_flight.remove(job)
                         settle(job, result)

@@ -191,16 +191,21 @@ class SmtpClient:
             if commands and self.pipelining:
                 burst += self._encode(commands)
             opening = (commands, rcpt_tos) if job is not None else None
+            finals: list[Reply] = []  # the previous message's reply, once read
+            failure: SmtpConnectionError | None = None
             try:
-                final, opened = await self._timed(self._exchange(burst, pending is not None, opening))
+                opened = await self._timed(self._exchange(burst, pending is not None, opening, finals))
             except SmtpConnectionError as exc:
-                exc.unanswered = pending[0] if pending is not None else None
-                raise
+                failure, opened = exc, None
             if pending is not None:
                 previous, refused, _ = pending
                 pending = None
-                assert final is not None
-                yield previous, refused if final.ok else SmtpError("data", final, refused)
+                if finals:  # its reply came, even if the connection went right after
+                    yield previous, refused if finals[0].ok else SmtpError("data", finals[0], refused)
+                elif failure is not None:
+                    failure.unanswered = previous
+            if failure is not None:
+                raise failure
             if job is None:
                 return
             if isinstance(opened, SmtpError):
@@ -212,19 +217,24 @@ class SmtpClient:
             pending = (job, opened or {}, data)
 
     async def _exchange(
-        self, burst: bytes, read_final: bool, envelope: tuple[list[str], Sequence[str]] | None
-    ) -> tuple[Reply | None, dict[str, Reply] | SmtpError | None]:
-        """One round trip of send_stream, under one timer: write, then read what it answers."""
+        self, burst: bytes, read_final: bool, envelope: tuple[list[str], Sequence[str]] | None, finals: list[Reply]
+    ) -> dict[str, Reply] | SmtpError | None:
+        """One round trip of send_stream, under one timer: write, then read what it answers.
+
+        The previous message's reply goes into `finals` as soon as it is read, so that it is
+        not lost when the connection fails while the next envelope's replies are read.
+        """
         if burst:
             self._writer.write(burst)
             await self._drain()
-        final = await self._read_reply() if read_final else None
+        if read_final:
+            finals.append(await self._read_reply())
         if envelope is None:
-            return final, None
+            return None
         try:
-            return final, await self._open_transaction(*envelope, written=self.pipelining)
+            return await self._open_transaction(*envelope, written=self.pipelining)
         except SmtpError as exc:
-            return final, exc
+            return exc
 
     def _envelope(self, mail_from: str, rcpt_tos: Sequence[str], size: int, once: bool) -> list[str]:
         parameters = ""

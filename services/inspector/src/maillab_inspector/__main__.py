@@ -28,18 +28,15 @@ from maillab_common.forward import Damaged, Record
 from maillab_common.settings import ConfigError
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.render import (
-    TOO_DEEP,
     MessageSummary,
     as_json,
     as_line,
     as_panel,
-    attachment_payloads,
     header_text,
     headers_shown,
     parse_headers,
-    parse_message,
+    read_contents,
     summarize,
-    text_body,
 )
 from maillab_inspector.state import load_positions, save_positions
 from maillab_inspector.tail import ForwardTail
@@ -201,12 +198,11 @@ def show(
         for header, value in headers_shown(headers):
             out.print(f"{header}: {value}", highlight=False, markup=False)
         out.print()
-        try:
-            message = parse_message(item)
-        except RecursionError:
-            fail(f"the body and attachments cannot be shown: {TOO_DEEP}", 1)
-        out.print(text_body(message), highlight=False, markup=False)
-        payloads = attachment_payloads(message)
+        contents = read_contents(item)
+        if contents.problem:
+            fail(f"the body and attachments cannot be shown: {contents.problem}", 1)
+        out.print(contents.text, highlight=False, markup=False)
+        payloads = contents.attachments
         for filename, content_type, data in payloads:
             out.print(f"attachment: {filename} ({content_type}, {len(data)} bytes)", highlight=False, markup=False)
         if save_attachments is not None:

@@ -67,18 +67,31 @@ def parse_headers(record: Record) -> EmailMessage:
     return message
 
 
-def summarize(domain: str, record: Record) -> MessageSummary:
-    delivery = record.delivery
+@dataclass(frozen=True)
+class Contents:
+    """What a person reads in a message: its headers, text body and attachments."""
+
+    headers: EmailMessage
+    text: str
+    attachments: list[tuple[str, str, bytes]]  # (filename, content type, decoded bytes)
+    problem: str = ""  # why the body and attachments are missing, when they are
+
+
+def read_contents(record: Record) -> Contents:
+    """The message taken apart; from its headers only where the email package cannot do more."""
     try:
         message = parse_message(record)
-        attachments = tuple(
-            AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            for name, kind, data in attachment_payloads(message)
-        )
-        preview = tuple(text_body(message).splitlines()[:PREVIEW_LINES])
-        problem = ""
+        return Contents(message, text_body(message), attachment_payloads(message))
     except RecursionError:
-        message, attachments, preview, problem = parse_headers(record), (), (), TOO_DEEP
+        return Contents(parse_headers(record), "", [], TOO_DEEP)
+    except Exception as exc:  # hostile MIME the email package trips over (IndexError, TypeError, ...)
+        return Contents(parse_headers(record), "", [], f"MIME parts unreadable ({type(exc).__name__}): headers only")
+
+
+def summarize(domain: str, record: Record) -> MessageSummary:
+    delivery = record.delivery
+    contents = read_contents(record)
+    message = contents.headers
     return MessageSummary(
         domain=domain,
         offset=record.offset,
@@ -88,9 +101,12 @@ def summarize(domain: str, record: Record) -> MessageSummary:
         subject=header_text(message, "Subject"),
         message_id=header_text(message, "Message-ID"),
         size=len(delivery.message),
-        attachments=attachments,
-        preview=preview,
-        problem=problem,
+        attachments=tuple(
+            AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            for name, kind, data in contents.attachments
+        ),
+        preview=tuple(contents.text.splitlines()[:PREVIEW_LINES]),
+        problem=contents.problem,
     )
 
 
@@ -132,7 +148,7 @@ def headers_shown(message: Message) -> list[tuple[str, str]]:
 def _decoded(message: Message, name: str, raw: str) -> str:
     try:
         text = str(message.policy.header_fetch_parse(name, raw))
-    except (ValueError, IndexError, AttributeError):  # the email package's parser on malformed headers
+    except Exception:  # the email package's header parser on hostile input (ValueError, TypeError, ...)
         text = ""
     if not text.strip():
         # Undecodable bytes arrive as surrogates, which no output stream can write.

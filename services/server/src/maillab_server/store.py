@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from maillab_common.forward import Delivery, Record, parse_records, render_body, same_delivery
+from maillab_common.forward import RECORD_END, Delivery, Record, parse_records, render_body, same_delivery
 from maillab_server.errors import StorageError, StorageFull
 
 log = logging.getLogger(__name__)
@@ -76,18 +76,17 @@ class ForwardStore:
             # A delivery whose client went away before it was written is dropped; one that is
             # written can no longer be cancelled, so it always gets its result.
             group = [item for item in waiting if item[2].set_running_or_notify_cancel()]
-            try:
-                if any(once is not None for _, once, _ in group):
-                    # Rare (retries only), so one at a time: each looks at what those before it wrote.
-                    for item in group:
-                        self._commit([item])
-                else:
-                    self._commit(group)
-            except Exception as exc:  # the thread must live on: every later delivery needs it
-                log.exception("group commit failed")
-                for _, _, future in group:
-                    if not future.done():
-                        future.set_exception(StorageError(f"internal error: {exc!r}"))
+            # A group with an XMAILLAB-ONCE retry (rare) goes one delivery at a time: each lookup
+            # sees what the deliveries before it wrote, and a lookup that fails fails only its own.
+            rounds = [[item] for item in group] if any(once is not None for _, once, _ in group) else [group]
+            for deliveries in rounds:
+                try:
+                    self._commit(deliveries)
+                except Exception as exc:  # the thread must live on: every later delivery needs it
+                    log.exception("group commit failed")
+                    for _, _, future in deliveries:
+                        if not future.done():
+                            future.set_exception(StorageError(f"internal error: {exc!r}"))
 
     def _commit(self, group: list[Waiting]) -> None:
         if len(group) > 1:
@@ -115,28 +114,32 @@ class ForwardStore:
                 future.set_result(stored)
 
     def _holds(self, domain: str, delivery: Delivery) -> bool:
-        """Whether the domain's file holds the same delivery among its last `recent_window` bytes."""
+        """Whether the domain's file holds the same delivery among its last `recent_window` bytes.
+
+        A copy found is fsynced before this says yes: the process that wrote it may have died
+        between its write and its fsync, and the retry's 250 must mean "on disk" all the same.
+        """
         try:
-            fd = os.open(self.root / domain, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(self.root / domain, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise StorageError(str(exc)) from exc
         try:
-            size = os.fstat(fd).st_size
-            start = max(0, size - self.recent_window)
-            recent = os.pread(fd, size - start, start)
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise StorageError(f"{self.root / domain} is not a regular file")
+            start = max(0, status.st_size - self.recent_window)
+            recent = os.pread(fd, status.st_size - start, start)
+            if not _holds_delivery(recent, delivery):
+                return False
+            os.fsync(fd)
+            _fsync_dir(self.root)
+            return True
         except OSError as exc:
             raise StorageError(str(exc)) from exc
         finally:
             os.close(fd)
-        if render_body(delivery.message) not in recent:  # one search, before any parsing
-            return False
-        if start:
-            first = recent.find(b"\nFrom ")  # mboxrd: a line that starts "From " starts a record
-            recent = recent[first + 1 :] if first != -1 else b""
-        items, _ = parse_records(recent, start)
-        return any(isinstance(item, Record) and same_delivery(item.delivery, delivery) for item in items)
 
     def check_writable(self) -> None:
         """Raise StorageError unless new forward files can be created in the folder."""
@@ -225,6 +228,25 @@ class ForwardStore:
                     os.fsync(fd)
             except OSError:
                 log.exception("could not cut a forward file back to %d bytes", size)
+
+
+def _holds_delivery(recent: bytes, delivery: Delivery) -> bool:
+    """Whether `recent` (the end of a forward file) holds a record of `delivery`.
+
+    Searched from the end for the stored body, and only the record around each match is
+    parsed: a copy to find is usually among the last records.
+    """
+    body = render_body(delivery.message)
+    end = len(recent)
+    while (at := recent.rfind(body, 0, end)) != -1:
+        # mboxrd: a line that starts "From " starts a record, so the nearest one before the
+        # match starts the record it belongs to (0: a record cut by the window's edge, damage).
+        record_start = recent.rfind(b"\nFrom ", 0, at) + 1
+        items, _ = parse_records(recent[record_start : at + len(body) + len(RECORD_END)])
+        if items and isinstance(items[0], Record) and same_delivery(items[0].delivery, delivery):
+            return True
+        end = at + len(body) - 1  # an earlier occurrence next
+    return False
 
 
 def _write_all(fd: int, parts: Sequence[bytes]) -> None:
