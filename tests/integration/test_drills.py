@@ -38,10 +38,16 @@ def compose_command(*arguments: str, timeout: float = 300) -> subprocess.Complet
     )
 
 
+@pytest.fixture
+def client() -> Iterator[docker.DockerClient]:
+    engine = docker.from_env()
+    yield engine
+    engine.close()
+
+
 def test_kill_9_of_the_server_three_times_during_a_batch_loses_and_doubles_nothing(
-    compose: DockerCompose, tmp_path: Path
+    compose: DockerCompose, client: docker.DockerClient, tmp_path: Path
 ) -> None:
-    client = docker.from_env()
     server = client.containers.get(compose.get_container("server").ID)
     command = ["docker", "compose", "run", "--rm", "-T", "agent", "batch", "--count", str(BATCH), "--seed", "77"]
     # At 50 messages a second, the batch (20 s) outlasts three kills and restarts.
@@ -237,8 +243,9 @@ def test_past_the_connection_limit_the_server_answers_421(strict_server: DockerC
             connection.close()
 
 
-def test_the_lab_runs_least_privileged_and_never_connects_out(compose: DockerCompose) -> None:
-    client = docker.from_env()
+def test_the_lab_runs_least_privileged_and_never_connects_out(
+    compose: DockerCompose, client: docker.DockerClient
+) -> None:
     for service in ("server", "inspector"):
         container = client.containers.get(compose.get_container(service).ID)
         host = container.attrs["HostConfig"]
