@@ -13,6 +13,8 @@ VALID = {
     "b\u00fccher.example": "xn--bcher-kva.example",
     "[192.0.2.1]": "[192.0.2.1]",
     "[IPv6:2001:DB8::1]": "[ipv6:2001:db8::1]",
+    "[ipv6:0000:0000:0000:0000:0000:ffff:192.0.2.1]": "[ipv6:::ffff:c000:201]",
+    "[IPv6:::]": "[ipv6:::]",
     "x" * 63 + ".test": "x" * 63 + ".test",
 }
 
@@ -37,6 +39,17 @@ INVALID = [
     "[2001:db8::1]",  # IPv6 literals need the IPv6: tag
     "[IPv6:192.0.2.1]",
     "example.test.",
+    "[IPv6:fe80::1%..]",  # a zone id: any text, and once a file name
+    "[IPv6:fe80::1%eth0]",
+    "[IPv6:fe80::1%2F..%2Fetc]",
+    "[IPv6:::1%" + "a" * 290 + "]",  # 300 characters: once 250 at RCPT, then 451 at every DATA
+    "[IPv6:" + "0:" * 30 + ":1]",
+    "[x-lab:any/thing]",  # a general address literal
+    "[tag:..]",
+    "[\u0661.2.3.4]",  # Arabic-Indic digits
+    "[192.0.2.1 ]",
+    "[]",
+    "[IPv6:]",
 ]
 
 

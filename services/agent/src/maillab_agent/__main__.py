@@ -1,10 +1,20 @@
-"""The agent's command line: the only place that opens sockets, runs event loops and talks to the terminal."""
+"""The agent's command line: the only place that opens sockets, runs event loops and talks to the terminal.
+
+Everything it prints goes through `say` (or, in the interactive mode, `write`): text from a
+user, a message or a server's replies may hold terminal controls or rich markup, and is
+shown with its controls escaped (maillab_common.text.visible) and its brackets as they are.
+Bad input ends the program with one line and exit code 2 before anything is sent, usage
+errors included (see `main`).
+"""
 
 from __future__ import annotations
 
+import io
 import mimetypes
+import os
 import random
 import ssl
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -13,12 +23,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from maillab_agent.batch import RETRY_FOR, Outcome, send_batch, write_manifest
-from maillab_agent.config import DEFAULT_SMTP_PORT, AgentConfig
+from maillab_agent.config import AgentConfig
+from maillab_agent.config import server_address as parse_server
 from maillab_agent.interactive import compose
 from maillab_agent.message import (
     DEFAULT_DOMAINS,
+    MAX_ATTACHMENT_SIZE,
     Attachment,
     BadInput,
     Outgoing,
@@ -26,10 +40,13 @@ from maillab_agent.message import (
     build_message,
     check_mailbox,
     parse_size_range,
+    require_single_line,
+    require_text,
 )
 from maillab_agent.smtp import Observer, Reply, SmtpClient, SmtpConnectionError, SmtpError
 from maillab_common.loop import run
-from maillab_common.settings import ConfigError, parse_host_port
+from maillab_common.settings import ConfigError
+from maillab_common.text import visible
 
 # Exit codes of `send` and `interactive`, so that scripts can tell failures apart.
 EXIT_OK = 0
@@ -59,8 +76,16 @@ StartTlsOption = Annotated[bool, typer.Option(help="Upgrade the connection with 
 AuthOption = Annotated[str | None, typer.Option(help="AUTH PLAIN as USER:PASS")]
 
 
+def say(text: str, *, error: bool = False, label: str = "") -> None:
+    """Print one line: its controls escaped, its markup literal, never wrapped."""
+    line = Text(visible(text))
+    if label:
+        line = Text.assemble((label, "bold red"), " ", line)
+    (err if error else out).print(line, soft_wrap=True, highlight=False)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    say(message, error=True, label="error:")
     raise typer.Exit(code)
 
 
@@ -84,6 +109,10 @@ def credentials(auth: str | None) -> tuple[str, str] | None:
     user, colon, password = auth.partition(":")
     if not colon or not user:
         fail("--auth takes USER:PASS")
+    try:
+        require_text(auth, "--auth")
+    except BadInput as exc:
+        fail(str(exc))
     return user, password
 
 
@@ -91,9 +120,18 @@ def load_attachments(paths: list[Path]) -> list[Attachment]:
     attachments = []
     for path in paths:
         try:
-            data = path.read_bytes()
+            require_single_line(path.name, "an attachment's file name")
+            with open(path, "rb") as file:
+                status = os.fstat(file.fileno())
+                if not stat.S_ISREG(status.st_mode):  # a directory, a FIFO, /dev/zero
+                    fail(f"cannot attach {path}: not a regular file")
+                if status.st_size > MAX_ATTACHMENT_SIZE:
+                    fail(f"cannot attach {path}: over 1GiB")
+                data = file.read()
         except OSError as exc:
             fail(f"cannot read {path}: {exc.strerror}")
+        except (BadInput, ValueError) as exc:  # ValueError: a NUL in the path
+            fail(f"cannot attach {path}: {exc}")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         attachments.append(Attachment(filename=path.name, content_type=content_type, data=data))
     return attachments
@@ -185,9 +223,9 @@ def send(
         fail(str(exc))
     refused = deliver(outgoing, host, port, timeout=config.timeout, starttls=starttls, auth=credentials(auth))
     for rcpt, reply in refused.items():
-        err.print(f"refused {rcpt}: {reply}", highlight=False, markup=False)
+        say(f"refused {rcpt}: {reply}", error=True)
     accepted = len(outgoing.rcpt_tos) - len(refused)
-    out.print(f"sent {outgoing.message_id} to {accepted} recipient(s)", highlight=False, markup=False)
+    say(f"sent {outgoing.message_id} to {accepted} recipient(s)")
 
 
 @app.command()
@@ -207,15 +245,23 @@ def interactive(
         host, default_port = server_address(config, None)
     else:
         try:
-            host, default_port = parse_host_port(host, name="HOST", default_port=DEFAULT_SMTP_PORT)
+            host, default_port = parse_server(host, name="HOST")
         except ConfigError as exc:
             fail(str(exc))
     login = credentials(auth)
 
     def write(text: str) -> None:
-        sys.stdout.write(text)
+        """Prompts, errors and the dialog; a final line end is the only control that goes out as it is."""
+        line = text.removesuffix("\n")
+        sys.stdout.write(visible(line) + text[len(line) :])
         sys.stdout.flush()
 
+    if sys.stdin is None:
+        fail("no standard input to read the message from")
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that are not UTF-8 come through as surrogates, which the checks refuse with
+        # a clear message, instead of as a UnicodeDecodeError.
+        sys.stdin.reconfigure(errors="surrogateescape")
     draft = compose(sys.stdin.readline, write)
     if draft is None:
         write("\n")
@@ -263,6 +309,8 @@ def batch(
     config = load_config()
     host, port = server_address(config, server)
     manifest = manifest or config.manifest
+    if manifest is not None and manifest.is_dir():
+        fail(f"--manifest {manifest} is a directory: give the path of the file to write")
     per_second = _rate(rate)
     domain_list = tuple(domain.strip() for domain in domains.split(",") if domain.strip())
     if not domain_list:
@@ -285,9 +333,7 @@ def batch(
     except BadInput as exc:
         fail(str(exc))
     _check_reachable(host, port, config.timeout)
-    err.print(
-        f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)", highlight=False
-    )
+    say(f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)", error=True)
     columns = (
         TextColumn("sending"),
         BarColumn(),
@@ -318,11 +364,11 @@ def batch(
             write_manifest(manifest, seed=seed, server=f"{host}:{port}", messages=messages, report=report)
         except OSError as exc:
             fail(f"cannot write the manifest {manifest}: {exc.strerror}", EXIT_NOT_ALL_ACCEPTED)
-    table = Table(title=f"batch {seed}")
+    table = Table(title=Text(f"batch {seed}"))
     for column in ("sent", "accepted", "rejected", "retried", "msgs/s", "MB/s", "p50 ms", "p99 ms"):
-        table.add_column(column, justify="right")
+        table.add_column(Text(column), justify="right")
     elapsed = max(report.elapsed, 1e-6)
-    table.add_row(
+    cells = (
         str(len(report.outcomes)),
         str(report.accepted),
         str(report.rejected),
@@ -332,13 +378,14 @@ def batch(
         f"{report.latency_percentile(50) * 1000:.1f}",
         f"{report.latency_percentile(99) * 1000:.1f}",
     )
+    table.add_row(*(Text(cell) for cell in cells))
     out.print(table)
     for outcome in report.outcomes:
         if not outcome.accepted or outcome.refused:
             what = "not accepted" if not outcome.accepted else "partly refused"
-            err.print(f"{what}: {messages[outcome.index].message_id}: {outcome.reply}", highlight=False)
+            say(f"{what}: {messages[outcome.index].message_id}: {outcome.reply}", error=True)
     if manifest is not None:
-        out.print(f"manifest: {manifest}", highlight=False)
+        say(f"manifest: {manifest}")
     if report.rejected or report.partly_refused:
         raise typer.Exit(EXIT_NOT_ALL_ACCEPTED)
 
@@ -351,7 +398,7 @@ def _rate(text: str | None) -> float | None:
         value = float(number)
     except ValueError:
         fail(f"--rate {text!r} is not a rate such as 50/s")
-    if not value > 0:
+    if not value > 0:  # also NaN
         fail("--rate must be above 0")
     return value
 
@@ -370,7 +417,21 @@ def _check_reachable(host: str, port: int, timeout: float) -> None:
 
 
 def main() -> None:
-    app(prog_name="maillab-agent")
+    """Run the CLI; a usage error is one line too (typer would draw a panel), and exit code 2."""
+    try:
+        code = app(prog_name="maillab-agent", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        code = exc.exit_code
+    except ClickException as exc:
+        context = getattr(exc, "ctx", None)
+        hint = f" (see: {context.command_path} --help)" if context is not None else ""
+        say(exc.format_message() + hint, error=True, label="error:")
+        code = exc.exit_code
+    except typer.Abort:
+        say("aborted", error=True)
+        code = EXIT_NOT_ALL_ACCEPTED
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

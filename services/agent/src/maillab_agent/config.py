@@ -31,4 +31,9 @@ class AgentConfig:
 
     def server_address(self, override: str | None = None) -> tuple[str, int]:
         name = "--server" if override else "MAILLAB_SERVER"
-        return parse_host_port(override or self.server, name=name, default_port=DEFAULT_SMTP_PORT)
+        return server_address(override or self.server, name=name)
+
+
+def server_address(value: str, *, name: str) -> tuple[str, int]:
+    """HOST:PORT (or [v6]:PORT, or a bare HOST) -> (host, port); ConfigError when it cannot be one."""
+    return parse_host_port(value, name=name, default_port=DEFAULT_SMTP_PORT)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from maillab_agent.message import BadInput, check_mailbox, require_single_line
+from maillab_agent.message import BadInput, check_mailbox, require_single_line, shorten
 
 T = TypeVar("T")
 ReadLine = Callable[[], str]  # returns "" at end of input, like TextIO.readline
@@ -75,10 +75,20 @@ def _mailboxes(text: str) -> tuple[str, ...]:
 
 
 def _attachment_paths(text: str) -> tuple[Path, ...]:
-    paths = tuple(Path(part.strip()).expanduser() for part in text.split(",") if part.strip())
-    for path in paths:
-        if not path.is_file():
-            raise BadInput(f"{path}: no such file")
-        if not os.access(path, os.R_OK):
+    paths = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        try:
+            path = Path(part).expanduser()
+            exists, is_file, readable = path.exists(), path.is_file(), os.access(path, os.R_OK)
+        # RuntimeError: '~nobody' names no home; ValueError: a NUL; OSError: a name too long
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise BadInput(f"{shorten(part)}: cannot be attached ({exc})") from None
+        require_single_line(path.name, "an attachment's file name")
+        if not is_file:
+            raise BadInput(f"{path}: not a regular file" if exists else f"{path}: no such file")
+        if not readable:
             raise BadInput(f"{path}: not readable")
-    return paths
+        paths.append(path)
+    return tuple(paths)

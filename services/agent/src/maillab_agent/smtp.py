@@ -31,7 +31,8 @@ class Reply:
     text: str
 
     def __str__(self) -> str:
-        return f"{self.code} {self.text}"
+        """The reply on one line, its lines joined by spaces."""
+        return f"{self.code} {' '.join(self.text.split(chr(10)))}"
 
     @property
     def ok(self) -> bool:
@@ -105,7 +106,7 @@ class SmtpClient:
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port, limit=_READ_LIMIT)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
             raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
         client = cls(reader, writer, timeout, observer)
         try:
@@ -328,8 +329,8 @@ class SmtpClient:
             if self._observe:
                 self._observe("S", line)
             code = line[:3]
-            if not code.isdigit() or len(code) < 3:
-                raise SmtpConnectionError(f"not an SMTP reply: {line!r}")
+            if not (code.isascii() and code.isdigit()) or len(code) < 3:  # '²²²' is digits to isdigit()
+                raise SmtpConnectionError(f"not an SMTP reply: {line[:200]!r}")
             lines.append(line[4:])
             if line[3:4] != "-":
                 return Reply(int(code), lines[0] if len(lines) == 1 else "\n".join(lines))

@@ -15,6 +15,10 @@ from collections.abc import Iterable
 
 MAX_DOMAIN_LENGTH = 253
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# RFC 5321 IPv4-address-literal and IPv6-addr: ASCII digits, hex digits, ":" and "."; the
+# longest IPv6 spelling (eight full groups, or six and an IPv4 address) is 45 characters.
+_IPV4_TEXT = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_IPV6_TEXT = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 
 
 class InvalidAddress(ValueError):
@@ -43,12 +47,22 @@ def normalise_domain(domain: str) -> str:
 
 
 def _address_literal(literal: str) -> str:
-    text = literal[5:] if literal.lower().startswith("ipv6:") else literal
+    """An IPv4 or IPv6 address literal (RFC 5321 4.1.3), in one spelling per address.
+
+    Only the characters RFC 5321 allows in each form get as far as `ipaddress`, which would
+    also take an IPv6 zone id ("%" and anything after it, a file name of the client's
+    choosing). General address literals ("[tag:content]") name no host the lab can store
+    for, so they are refused too.
+    """
+    tagged = literal[:5].lower() == "ipv6:"
+    text = literal[5:] if tagged else literal
+    if not (_IPV6_TEXT if tagged else _IPV4_TEXT).fullmatch(text):
+        raise InvalidAddress(f"[{literal}] is not a valid address literal")
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidAddress(f"[{literal}] is not a valid address literal") from None
-    if (address.version == 6) != (text is not literal):
+    if (address.version == 6) != tagged:
         raise InvalidAddress(f"[{literal}] is not a valid address literal")
     return f"[ipv6:{address.compressed}]" if address.version == 6 else f"[{address}]"
 

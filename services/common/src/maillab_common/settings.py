@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 
@@ -59,24 +60,38 @@ def env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[s
     return value
 
 
+_PORT = re.compile(r"[0-9]{1,5}")
+# What no host name or address holds: controls, spaces, slashes, line separators, surrogates.
+_NOT_IN_A_HOST = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029\ud800-\udfff/]")
+
+
 def parse_host_port(value: str, *, name: str, default_port: int) -> tuple[str, int]:
-    """Split 'host:port' (or '[v6]:port', or a bare host) into its parts."""
+    """Split 'host:port' (or '[v6]:port', or a bare host) into its parts; ConfigError when it is neither."""
+    shown = value if len(value) <= 80 else f"{value[:80]}..."
     text = value.strip()
     host, port_text = text, ""
     if text.startswith("["):
         closing = text.find("]")
         if closing == -1:
-            raise ConfigError(f"{name}={value!r}: missing ']' after the IPv6 address")
+            raise ConfigError(f"{name}={shown!r}: missing ']' after the IPv6 address")
         host, rest = text[1:closing], text[closing + 1 :]
         if rest and not rest.startswith(":"):
-            raise ConfigError(f"{name}={value!r} is not HOST:PORT")
+            raise ConfigError(f"{name}={shown!r} is not HOST:PORT")
         port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     if not host:
-        raise ConfigError(f"{name}={value!r} has no host")
+        raise ConfigError(f"{name}={shown!r} has no host")
+    if _NOT_IN_A_HOST.search(host) or len(host) > 253:
+        raise ConfigError(f"{name}={shown!r}: {host[:80]!r} is not a host name or address")
+    if ":" not in host:  # an IPv6 address has colons; a name must be one the resolver can take
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise ConfigError(f"{name}={shown!r}: {host[:80]!r} is not a host name (labels of 1 to 63)") from None
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{name}={value!r}: the port must be a number from 1 to 65535")
+    # ASCII digits only: str.isdigit() takes '²', which int() then refuses.
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{name}={shown!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)

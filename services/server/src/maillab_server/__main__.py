@@ -13,9 +13,11 @@ import smtplib
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from maillab_common.loop import run
 from maillab_common.settings import ConfigError
+from maillab_common.text import visible
 from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
@@ -68,6 +70,9 @@ def healthcheck(config: ServerConfig) -> int:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line. json.dumps escapes every control character and, with
+    ensure_ascii, every non-ASCII one (C1, U+2028 ...): the line is plain ASCII."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": self.formatTime(record),
@@ -77,7 +82,32 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=True)
+
+
+class TextFormatter(logging.Formatter):
+    """Log lines for a terminal: client text in them (unknown commands, which aiosmtpd logs
+    as they came, addresses, HELO names) has its control characters shown as escapes, so
+    it never acts on the terminal and a line feed in it never starts a line of its own.
+
+    A traceback keeps its lines, each escaped and indented: only a record's first line
+    starts at the left margin.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"    {visible(line)}" for line in text.split("\n"))
 
 
 def setup_logging(config: ServerConfig) -> None:
@@ -88,7 +118,7 @@ def setup_logging(config: ServerConfig) -> None:
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
     # aiosmtpd logs every command at INFO; our own line per transaction is enough.
     logging.getLogger("mail.log").setLevel(logging.DEBUG if config.log_level == "debug" else logging.WARNING)

@@ -6,7 +6,9 @@ import datetime
 import hmac
 import logging
 import os
+import secrets
 import ssl
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +37,23 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 
 
 def self_signed(hostname: str, folder: Path) -> tuple[Path, Path]:
-    """A certificate and key for `hostname` in `folder`: made on first start, reused after."""
+    """A certificate and key for `hostname` in `folder`: made on first start, reused after.
+
+    A pair that does not load (a file missing, one half-written by a crash, a key that does
+    not match its certificate) is made again. Each new file is written under a fresh
+    temporary name with O_EXCL|O_NOFOLLOW (the key with mode 0600), so a link planted in the
+    folder is never followed, then fsynced and renamed into place, key first: a crash leaves
+    the old pair, the new one, or a pair that does not load and is made again.
+    """
     cert, key = folder / "cert.pem", folder / "key.pem"
-    if cert.exists() and key.exists():
-        return cert, key
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder)
+    if cert.exists() or key.exists():
+        if _loads(cert, key):
+            return cert, key
+        log.warning("the certificate and key in %s do not load together: making a new pair", folder)
+    for leftover in folder.glob(".*.pem.*.tmp"):  # from a crash in the middle of writing
+        leftover.unlink(missing_ok=True)
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -57,12 +71,48 @@ def self_signed(hostname: str, folder: Path) -> tuple[Path, Path]:
     key_bytes = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(key_bytes)
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    _write_new(key, key_bytes, mode=0o600)
+    _write_new(cert, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
     log.info("made a self-signed certificate for %s in %s", hostname, folder)
     return cert, key
+
+
+def _check_private(folder: Path) -> None:
+    """Refuse a folder that someone else could put a key or a link in."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise ValueError(
+            f"{folder} must be a folder of this server's own user that no one else may write to"
+            " (set MAILLAB_TLS_DIR, or give MAILLAB_TLS_CERT and MAILLAB_TLS_KEY)"
+        )
+
+
+def _loads(cert: Path, key: Path) -> bool:
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ValueError, ssl.SSLError):
+        return False
+    return True
+
+
+def _write_new(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace `path` with a file holding `data`, written whole before it takes the name."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # replaces a link at `path` itself, never what it points to
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class LabLogins:
