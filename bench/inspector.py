@@ -1,14 +1,17 @@
-"""Inspector benchmarks: delivery-to-print latency, per-record cost by file size, memory.
+"""Inspector benchmarks: delivery-to-print latency, per-record cost by file size, memory,
+the cost of many domain files, and of hostile messages.
 
 Runs the real server and inspector as processes on loopback and real files in a temporary
 folder. Prints a markdown table; docs/benchmarks.md keeps the latest results.
 
-    python -m bench.inspector [--rate 500] [--seconds 5] [--big-gib 1]
+    python -m bench.inspector [--rate 500] [--seconds 5] [--big-gib 1] [--domains 20000]
+                              [--only latency,cost,memory,domains,hostile]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import resource
@@ -24,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
-from maillab_common.forward import Delivery, render_record
+from maillab_common.forward import Delivery, Record, render_record
+from maillab_inspector.render import headers_shown, parse_headers, summarize
 from maillab_inspector.tail import ForwardTail
 
 ONE_KIB_BODY = (b"x" * 98 + b"\r\n") * 10
@@ -164,31 +168,131 @@ def memory_reading(work: Path, total_bytes: int, message_bytes: int) -> float:
     return max(peak, before) / 1024
 
 
+def many_domains(work: Path, files: int, sweeps: int = 20) -> dict[str, float]:
+    """An idle sweep (nothing new) and `inspector list` over `files` domain files of one message each."""
+    folder = work / "domains-forward"
+    folder.mkdir()
+    for number in range(files):
+        message = f"Subject: m{number}\nMessage-ID: <{number}@bench.test>\n\nbody {number}\n".encode()
+        delivery = replace(synthetic(message), rcpt_tos=(f"b@d{number}.test",))
+        (folder / f"d{number}.test").write_bytes(render_record(delivery))
+    tail = ForwardTail(folder)
+    started = time.perf_counter()
+    first = sum(1 for _ in tail.poll_all())
+    first_seconds = time.perf_counter() - started
+    idle = []
+    for _ in range(sweeps):
+        started = time.perf_counter()
+        assert next(iter(tail.poll_all()), None) is None
+        idle.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    listing = subprocess.run(
+        [sys.executable, "-m", "maillab_inspector", "list", "--forward-dir", str(folder)],
+        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    list_seconds = time.perf_counter() - started
+    assert first == files and listing.stdout.count(b"\n") == files
+    return {"first_s": first_seconds, "idle_ms": statistics.median(idle) * 1000, "list_s": list_seconds}
+
+
+ENCODED_WORD = "=?utf-8?b?" + base64.b64encode("é".encode() * 3).decode() + "?="
+PARAMETERS = "".join(f"; p{n}=v" for n in range(2000))
+
+
+def _parameter_fields(part: int, size: int) -> str:
+    parameters = "".join(f";{part}p{n}=v" for n in range(size // (len(str(part)) + 6)))
+    return f"Content-Type: text/plain{parameters}\nContent-Disposition: attachment{parameters}\n\nx"
+
+
+def _parts(parts: list[str]) -> bytes:
+    body = "".join(f"--b\n{part}\n" for part in parts)
+    return f"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n{body}--b--\n".encode()
+
+
+# The worst messages found for the email package, each as it would be stored.
+HOSTILE = {
+    "a Subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([ENCODED_WORD] * 26_000)}\n\nx\n".encode(),
+    "100,000 attachments": _parts(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
+    "500 parts, each 2,000 parameters": _parts(
+        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
+    ),
+    **{
+        f"1,000 parts of {size:,}-byte parameter fields, each different": _parts(
+            [_parameter_fields(part, size) for part in range(1000)]
+        )
+        for size in (512, 2048, 8192)
+    },
+    "100,000 header fields of encoded words": (
+        "".join(f"X-H{n}: {ENCODED_WORD} {ENCODED_WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
+    ).encode(),
+    "a To of 100,000 addresses": f"To: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
+    "MIME nested 3,000 deep": b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (n, n) for n in range(3000)
+    ),
+}
+
+
+def hostile_messages() -> dict[str, tuple[float, float]]:
+    """Seconds to summarise each hostile message (what watch, list and verify do) and to decode its headers (show)."""
+    times = {}
+    for name, message in HOSTILE.items():
+        record = Record(offset=0, length=len(message), delivery=synthetic(message))
+        started = time.perf_counter()
+        summarize("bench.test", record)
+        summary = time.perf_counter() - started
+        started = time.perf_counter()
+        headers_shown(parse_headers(record))
+        times[name] = (summary, time.perf_counter() - started)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--big-gib", type=float, default=1.0)
+    parser.add_argument("--domains", type=int, default=20_000, help="domain files for the many-domains case")
+    parser.add_argument("--only", default="latency,cost,memory,domains,hostile", help="comma-separated cases")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as folder:
-        work = Path(folder)
-        lat = latency(args.rate, args.seconds, work)
-        cost = per_record_cost(int(args.big_gib * 1024**3), work)
-        memory_small = memory_reading(work, int(args.big_gib * 1024**3), 100_000)
-        memory_large = memory_reading(work, 200 * 1024**2, 25 * 1024**2)
+    only = set(args.only.split(","))
     print("| inspector measure | result |")
     print("| --- | --- |")
+    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as folder:
+        work = Path(folder)
+        if "latency" in only:
+            print_latency(latency(args.rate, args.seconds, work))
+        if "cost" in only:
+            cost = per_record_cost(int(args.big_gib * 1024**3), work)
+            print(
+                f"| read one appended record: {cost['big_bytes'] / 1024**3:.2f} GiB file vs empty file | "
+                f"{cost['big_us']:.0f} µs vs {cost['empty_us']:.0f} µs (ratio {cost['ratio']:.2f}) |"
+            )
+        if "memory" in only:
+            memory_small = memory_reading(work, int(args.big_gib * 1024**3), 100_000)
+            memory_large = memory_reading(work, 200 * 1024**2, 25 * 1024**2)
+            big = f"{args.big_gib:g} GiB of 100 KB messages"
+            print(f"| peak RSS of `inspector list` over {big} | {memory_small:.0f} MiB |")
+            print(f"| peak RSS of `inspector list` over 200 MiB of 25 MiB messages | {memory_large:.0f} MiB |")
+        if "domains" in only:
+            domains = many_domains(work, args.domains)
+            print(
+                f"| {args.domains:,} domain files: first sweep, idle sweep (median), `inspector list` | "
+                f"{domains['first_s']:.2f} s, {domains['idle_ms']:.0f} ms, {domains['list_s']:.1f} s |"
+            )
+        if "hostile" in only:
+            for name, (summary, shown) in hostile_messages().items():
+                measure = f"hostile message, {name}: summary (watch, list), headers (show)"
+                print(f"| {measure} | {summary:.2f} s, {shown:.2f} s |")
+
+
+def print_latency(lat: dict[str, float]) -> None:
     print(
         f"| delivery-to-print latency at {lat['rate']:.0f} msgs/s ({lat['printed']:.0f} of "
         f"{lat['messages']:.0f} printed) | p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
         f"max {lat['max_ms']:.1f} ms |"
     )
-    print(
-        f"| read one appended record: {cost['big_bytes'] / 1024**3:.2f} GiB file vs empty file | "
-        f"{cost['big_us']:.0f} µs vs {cost['empty_us']:.0f} µs (ratio {cost['ratio']:.2f}) |"
-    )
-    print(f"| peak RSS of `inspector list` over {args.big_gib:g} GiB of 100 KB messages | {memory_small:.0f} MiB |")
-    print(f"| peak RSS of `inspector list` over 200 MiB of 25 MiB messages | {memory_large:.0f} MiB |")
 
 
 if __name__ == "__main__":

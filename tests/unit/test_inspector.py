@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from email.parser import BytesParser
+from email.policy import default
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Damaged, Record, render_record
-from maillab_inspector.render import as_json, as_panel, summarize
+from maillab_inspector.render import as_json, as_panel, header_text, summarize
 from maillab_inspector.tail import ForwardTail
 from maillab_server.store import ForwardStore
 from tests.unit.test_forward_format import BASE
@@ -109,3 +113,92 @@ def test_an_unparseable_message_still_gets_a_summary() -> None:
     delivery = replace(BASE, message=b"\xff\xfe garbage without headers\n")
     summary = summarize("x.test", Record(offset=0, length=1, delivery=delivery))
     assert summary.subject == "" and summary.attachments == ()
+
+
+class OpenCounter:
+    """Counts the files the tail opens (os.open), by name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened: list[str] = []
+        real_open = os.open
+
+        def counting_open(path: str | bytes | os.PathLike[str], flags: int, *args: int, **kwargs: object) -> int:
+            self.opened.append(os.path.basename(os.fsdecode(path)))
+            return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "open", counting_open)
+
+    def take(self) -> list[str]:
+        opened, self.opened = self.opened, []
+        return opened
+
+
+def test_an_idle_sweep_opens_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 domain files, none changed: a sweep reads none of them, whatever their number."""
+    for number in range(2000):
+        (tmp_path / f"d{number}.test").write_bytes(record(number))
+    with open(tmp_path / "torn.test", "wb") as file:
+        file.write(record(1) + record(2)[:50])  # a record being written: read once, then left until it grows
+    tail = ForwardTail(tmp_path)
+    counter = OpenCounter(monkeypatch)
+    assert len(list(tail.poll_all())) == 2001
+    assert len(counter.take()) == 2001
+    assert list(tail.poll_all()) == [] and counter.take() == [], "an idle sweep"
+    (tmp_path / "d7.test").write_bytes(record(7) + record(8))  # appended
+    (tmp_path / "new.test").write_bytes(record(9))
+    with open(tmp_path / "torn.test", "ab") as file:
+        file.write(record(2)[50:])
+    assert ids(list(tail.poll_all())) == [("d7.test", "0008"), ("new.test", "0009"), ("torn.test", "0002")]
+    assert sorted(counter.take()) == ["d7.test", "new.test", "torn.test"]
+    assert list(tail.poll_all()) == [] and counter.take() == []
+
+
+def test_an_idle_sweep_after_a_restart_or_skip_opens_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in range(200):
+        (tmp_path / f"d{number}.test").write_bytes(record(number))
+    skipped = ForwardTail(tmp_path)
+    skipped.skip_existing()
+    restored = ForwardTail(tmp_path)
+    restored.restore(skipped.positions())
+    counter = OpenCounter(monkeypatch)
+    assert list(skipped.poll_all()) == [] and counter.take() == []
+    assert list(restored.poll_all()) == [] and len(counter.take()) == 200, "saved positions are checked once"
+    assert list(restored.poll_all()) == [] and counter.take() == []
+
+
+def test_a_file_cut_and_rewritten_to_the_same_size_is_read_again(tmp_path: Path) -> None:
+    """The server cuts a torn tail and appends in its place: the same size, even the same mtime."""
+    torn = record(2)[:-5]
+    padding = 0
+    while len(whole := render_record(replace(BASE, transaction_id="0003", message=b"x" * padding + b"\n"))) < len(torn):
+        padding += 1
+    assert len(whole) == len(torn)
+    path = tmp_path / "a.test"
+    path.write_bytes(record(1) + torn)
+    tail = ForwardTail(tmp_path)
+    assert ids(list(tail.poll_all())) == [("a.test", "0001")]
+    before = path.stat()
+    os.truncate(path, len(record(1)))
+    with open(path, "ab") as file:
+        file.write(whole)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # within one clock tick, say
+    assert ids(list(tail.poll_all())) == [("a.test", "0003")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(alphabet=st.characters(max_codepoint=127), max_size=40),
+    local=st.text(alphabet="abcXYZ09!#$%&'*+/=?^_`{|}~.-", min_size=1, max_size=8),
+    spaces=st.sampled_from(["", " ", "\t", "\n "]),
+)
+def test_plain_headers_read_without_the_parser_read_as_with_it(subject: str, local: str, spaces: str) -> None:
+    """`header_text` skips the email package's parser for plain values; what it returns is the same."""
+    message = BytesParser(policy=default).parsebytes(b"", headersonly=True)
+    message._headers = [("Subject", subject), ("Message-ID", f"{spaces}<{local}@x.test>{spaces}")]  # type: ignore[attr-defined]
+    for name, raw in message.raw_items():
+        try:
+            parsed = str(default.header_fetch_parse(name, raw))
+        except Exception:
+            parsed = ""
+        expected = " ".join((parsed if parsed.strip() else raw.strip()).split())
+        assert header_text(message, name) == expected

@@ -79,10 +79,23 @@ HOSTILE = {
     ),
     "an empty message": (b"", ""),
     "headers and no body": (b"Subject: only", "only"),
+    "a subject of 26,000 encoded words": (
+        b"Subject: " + b" ".join([b"=?utf-8?q?=C3=A9?="] * 26_000) + b"\n\nx\n",
+        None,
+    ),
+    "100,000 MIME parts": (
+        b"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n" + b"--b\n\nx\n" * 100_000 + b"--b--\n",
+        "parts",
+    ),
 }
 
 TOO_DEEP_CASES = ("MIME nested 3,000 deep", "message/rfc822 nested 2,000 deep")
 UNREADABLE_CASES = ("a disposition the MIME walk trips over",)
+# Past the inspector's bounds (tests/unit/test_inspector_bounds.py): read in part, and said so.
+BOUNDED_CASES = {
+    "a subject of 26,000 encoded words": "Subject over 8 KiB",
+    "100,000 MIME parts": "more than 1,000 MIME parts",
+}
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -102,6 +115,8 @@ def test_watch_prints_a_hostile_message_and_the_ones_after_it(case: str, tmp_pat
             watch.wait_for_log(TOO_DEEP)
         elif case in UNREADABLE_CASES:
             assert printed[1]["problem"].startswith("MIME parts unreadable")
+        elif case in BOUNDED_CASES:
+            assert printed[1]["problem"].startswith(BOUNDED_CASES[case])
         else:
             assert printed[1]["problem"] == ""
         assert watch.process.poll() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ from typing import ClassVar
 import pytest
 
 from maillab_common.forward import render_record
+from maillab_inspector.__main__ import attachment_name
 from maillab_server.store import ForwardStore
 from tests.unit.test_forward_format import BASE
 from tests.unit.test_inspector import MULTIPART
@@ -207,3 +209,50 @@ def test_verify_exit_codes(folders: tuple[ForwardStore, Path], tmp_path: Path) -
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     absent = inspector(store.root, "verify", "--manifest", str(tmp_path / "none.json"))
     assert absent.returncode == 2 and "cannot read the manifest" in absent.stderr
+
+
+def attachment(filename: str, data: str) -> str:
+    quoted = filename.replace("\\", "\\\\")
+    return (
+        f'--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; filename="{quoted}"\n'
+        f"Content-Transfer-Encoding: base64\n\n{base64.b64encode(data.encode()).decode()}\n"
+    )
+
+
+def test_saved_attachments_get_a_safe_name_whatever_they_are_called(tmp_path: Path) -> None:
+    """Long, empty, dotted, path-like and control-laden names are all saved, none outside the folder."""
+    names = ["n" * 300 + ".pdf", "é" * 300 + ".pdf", "../../up.txt", "..", "", "a\x1b]0;t\x07b.txt", "C:\\dir\\win.doc"]
+    names += ["same.txt", "same.txt", "x." + "e" * 300, "/etc/passwd", ".hidden"]
+    parts = "".join(attachment(name, f"data {number}") for number, name in enumerate(names))
+    message = f"Subject: names\nMessage-ID: <names@x.test>\nContent-Type: multipart/mixed; boundary=b\n\n{parts}--b--\n"
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    (forward / "x.test").write_bytes(record(1, message.encode()))
+    out = tmp_path / "out"
+    (out / "win.doc").mkdir(parents=True)  # a folder in the way: not written into
+    result = inspector(forward, "show", "names@x.test", "--save-attachments", str(out))
+    assert result.returncode == 0, result.stderr
+    saved = {path.read_text(): path.name for path in out.iterdir() if path.is_file()}
+    assert len(saved) == len(names) and not (tmp_path / "up.txt").exists()
+    assert all(len(name.encode()) <= 255 and "\x1b" not in name for name in saved.values())
+    assert saved["data 0"] == "n" * 251 + ".pdf" and saved["data 1"] == "_" * 251 + ".pdf", "cut, extension kept"
+    assert saved["data 2"] == "up.txt" and saved["data 3"] == "attachment-4" and saved["data 4"] == "attachment-5"
+    assert saved["data 5"] == "a__0_t_b.txt" and saved["data 6"] == "win-1.doc"
+    assert (saved["data 7"], saved["data 8"]) == ("same.txt", "same-1.txt")
+    assert saved["data 9"] == ("x." + "e" * 300)[:255] and saved["data 10"] == "passwd" and saved["data 11"] == "hidden"
+
+
+@pytest.mark.parametrize(
+    ("filename", "copy", "expected"),
+    [
+        ("report.pdf", 0, "report.pdf"),
+        ("report.pdf", 2, "report-2.pdf"),
+        ("n" * 300 + ".pdf", 12, "n" * 248 + "-12.pdf"),
+        ("../../..", 0, "attachment-1"),
+        (" . ", 0, "attachment-1"),
+        ("a/b\\c", 0, "c"),
+        ("tab\there\u2028.txt", 0, "tab_here_.txt"),
+    ],
+)
+def test_attachment_names(filename: str, copy: int, expected: str) -> None:
+    assert attachment_name(filename, 1, copy) == expected

@@ -1,4 +1,9 @@
-"""The inspector's command line: the only place that touches file events, signals and the terminal."""
+"""The inspector's command line: the only place that touches file events, signals and the terminal.
+
+Nothing from a message is ever taken for an instruction here: text reaches the terminal as
+rich `Text` or through consoles with markup, emoji codes and highlighting off, after
+`visible` has shown its control characters as escapes; log lines go through the same.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -26,6 +32,7 @@ from watchdog.observers.polling import PollingObserver
 from maillab_common.domains import InvalidAddress, normalise_domain
 from maillab_common.forward import Damaged, Record
 from maillab_common.settings import ConfigError
+from maillab_common.text import visible
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.render import (
     MessageSummary,
@@ -36,6 +43,7 @@ from maillab_inspector.render import (
     headers_shown,
     parse_headers,
     read_contents,
+    shown,
     summarize,
 )
 from maillab_inspector.state import load_positions, save_positions
@@ -44,8 +52,9 @@ from maillab_inspector.verify import Key, ManifestError, check, expected_deliver
 
 log = logging.getLogger("maillab_inspector")
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="See what the maillab lab received.")
-out = Console()
-err = Console(stderr=True)
+# Markup, emoji codes (":smile:") and highlighting would each change or act on a message's text.
+out = Console(markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 # After this many sweeps in a row that find data no file event announced, events are
 # taken not to arrive on this file system (some network and FUSE mounts) and polling
 # takes over.
@@ -55,12 +64,21 @@ Item = tuple[str, Record | Damaged]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text.assemble(("error:", "bold red"), " ", visible(message)))
     raise typer.Exit(code)
 
 
+class VisibleFormatter(logging.Formatter):
+    """Log lines with their control characters shown as escapes: one line each, never obeyed."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+
 def setup(forward_dir: Path | None) -> tuple[InspectorConfig, Path]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         config = InspectorConfig.from_env()
     except ConfigError as exc:
@@ -159,6 +177,8 @@ def watch(
                 items = list(_poll(tail, only, name))
             for name, item in items:
                 _print(name, item, emit)
+                if time.monotonic() >= next_sweep:  # a long batch: still alive, says the health check
+                    config.ready_file.touch()
             if items:
                 save_positions(state_file, tail.positions())
     finally:
@@ -175,7 +195,7 @@ def list_messages(
     _, root = setup(forward_dir)
     tail = ForwardTail(root)
     for summary in _stored(tail, domain_file(domain)):
-        print(as_line(summary), flush=True)
+        print(as_line(summary))  # line-buffered on a terminal; a flush a line costs more than the line to a pipe
     _warn_unfinished(tail)
 
 
@@ -194,20 +214,26 @@ def show(
         headers = parse_headers(item)  # cheap: most messages are not the one
         if header_text(headers, "Message-ID").strip("<>") != wanted:
             continue
-        out.print(f"[bold]{name}[/] @{item.offset}: from <{item.delivery.mail_from}> to {item.delivery.rcpt_tos}")
+        delivery = item.delivery
+        recipients = ", ".join(f"<{rcpt}>" for rcpt in delivery.rcpt_tos)
+        envelope = f" @{item.offset}: from <{visible(delivery.mail_from)}> to {visible(recipients)}"
+        out.print(Text.assemble((visible(name), "bold"), envelope))
         for header, value in headers_shown(headers):
-            out.print(f"{header}: {value}", highlight=False, markup=False)
+            out.print(Text(f"{visible(header)}: {visible(value)}"))
         out.print()
         contents = read_contents(item)
         if contents.problem:
             fail(f"the body and attachments cannot be shown: {contents.problem}", 1)
-        out.print(contents.text, highlight=False, markup=False)
+        # Line by line, so that line ends stay line ends and every other control (NEL and
+        # U+2028 included, which splitlines() would take for line ends) is shown.
+        lines = _LINE_END.split(contents.text.removesuffix("\n"))
+        out.print(Text("\n".join(visible(line.expandtabs()) for line in lines)))
         payloads = contents.attachments
         for filename, content_type, data in payloads:
-            out.print(f"attachment: {filename} ({content_type}, {len(data)} bytes)", highlight=False, markup=False)
+            out.print(Text(f"attachment: {visible(filename)} ({visible(content_type)}, {len(data)} bytes)"))
         if save_attachments is not None:
             for path in _save(save_attachments, payloads):
-                out.print(f"saved {path}", highlight=False, markup=False)
+                out.print(Text(f"saved {visible(str(path))}"))
         return
     fail(f"no stored message has the Message-ID <{wanted}>", 1)
 
@@ -252,7 +278,7 @@ def verify(
             time.sleep(0.2)
     _warn_unfinished(tail)
     report = check(expected, found, not_accepted)
-    table = Table(title=f"verify {path.name}")
+    table = Table(title=Text(f"verify {visible(path.name)}"))
     for column in ("expected", "delivered", "missing", "corrupted", "duplicated", "unsent", "damaged"):
         table.add_column(column, justify="right")
     counts = (
@@ -269,11 +295,11 @@ def verify(
     names = ("expected", "delivered", "missing", "corrupted", "duplicated", "unsent", "damaged")
     print("verify: " + ", ".join(f"{name} {count}" for name, count in zip(names, counts, strict=True)), flush=True)
     for message_id, domain in report.missing:
-        out.print(f"missing: {message_id} in {domain}", highlight=False, markup=False)
+        out.print(Text(f"missing: {shown(message_id)} in {visible(domain)}"))
     for (message_id, domain), problem in report.corrupted:
-        out.print(f"corrupted: {message_id} in {domain}: {problem}", highlight=False, markup=False)
+        out.print(Text(f"corrupted: {shown(message_id)} in {visible(domain)}: {shown(problem)}"))
     for (message_id, domain), copies in report.duplicated:
-        out.print(f"duplicated: {message_id} in {domain}: {copies} copies", highlight=False, markup=False)
+        out.print(Text(f"duplicated: {shown(message_id)} in {visible(domain)}: {copies} copies"))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -357,28 +383,46 @@ def _print(domain: str, item: Record | Damaged, emit: Callable[[MessageSummary],
         out.print(rendered)
 
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+NAME_BYTES = 255  # the longest file name Linux file systems take (NAME_MAX)
+LONGEST_EXTENSION = 16  # past this, what follows the last dot is not kept whole as an extension
+
+
+def attachment_name(filename: str, number: int, copy: int = 0) -> str:
+    """A file name for an attachment that is safe in any folder, and never too long.
+
+    The last part of `filename` (so `../../x` is `x`), every character but letters, digits,
+    `.`, `_`, ` ` and `-` as `_` (controls and path separators included), no leading dot;
+    `attachment-NUMBER` where nothing is left. Cut to NAME_BYTES, keeping the extension;
+    copy N > 0 of a name gets `-N` before its extension.
+    """
+    base = Path(filename.replace("\\", "/")).name
+    name = _UNSAFE_NAME.sub("_", base).lstrip(". ").rstrip() or f"attachment-{number}"
+    dot = name.rfind(".")
+    extension = name[dot:] if dot > 0 and len(name) - dot <= LONGEST_EXTENSION else ""
+    stem = name[: len(name) - len(extension)]
+    tail = (f"-{copy}" if copy else "") + extension
+    return stem[: NAME_BYTES - len(tail)] + tail  # ASCII by now: one byte per character
 
 
 def _save(folder: Path, payloads: list[tuple[str, str, bytes]]) -> list[Path]:
-    """Write attachments under `folder`: names cut to their last part and never overwriting."""
+    """Write attachments under `folder`, each under `attachment_name`, never overwriting a file."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot create {folder}: {exc.strerror}")
     saved = []
     for number, (filename, _, data) in enumerate(payloads, start=1):
-        name = _UNSAFE_NAME.sub("_", Path(filename.replace("\\", "/")).name).lstrip(".") or f"attachment-{number}"
-        path = folder / name
-        suffix = 1
+        copy = 0
         while True:
+            path = folder / attachment_name(filename, number, copy)
             try:
                 with open(path, "xb") as file:
                     file.write(data)
                 break
-            except FileExistsError:
-                path = folder / f"{Path(name).stem}-{suffix}{Path(name).suffix}"
-                suffix += 1
+            except FileExistsError:  # a file, a folder or a symlink: never written through
+                copy += 1
             except OSError as exc:
                 fail(f"cannot write {path}: {exc.strerror}")
         saved.append(path)

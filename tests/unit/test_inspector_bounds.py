@@ -1,0 +1,192 @@
+"""What a message can make the inspector spend: bounded, measured as work, never as time.
+
+The email package's header parser is super-linear on some fields (thousands of encoded
+words, parameters, addresses) and takes every MIME part apart. These tests count what it
+is given: characters through the header parsers and MIME parts created, with a meter that
+stops counting (and the parse) once a bound is passed, so that code without the bounds
+fails at once instead of taking minutes. bench/inspector.py has the times.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.feedparser
+import email.headerregistry
+import email.message
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maillab_common.forward import Record, render_record
+from maillab_inspector.render import (
+    FIELD_CHARACTERS,
+    HEADER_BUDGET,
+    MAX_PARTS,
+    SHOW_HEADER_BUDGET,
+    headers_shown,
+    parse_headers,
+    summarize,
+)
+from tests.unit.test_forward_format import BASE
+from tests.unit.test_inspector_cli import inspector
+
+WORD = "=?utf-8?b?" + base64.b64encode("é".encode() * 3).decode() + "?="
+PARAMETERS = "".join(f"; p{n}=v" for n in range(2000))
+
+
+def multipart(parts: list[str]) -> bytes:
+    body = "".join(f"--b\n{part}\n" for part in parts)
+    return f"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n{body}--b--\n".encode()
+
+
+# Each: a message that costs the old inspector from seconds to minutes to summarise.
+HOSTILE = {
+    "a subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([WORD] * 26_000)}\n\nx\n".encode(),
+    "100,000 MIME parts": multipart(["\nx"] * 100_000),
+    "100,000 attachments": multipart(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
+    "500 parts with 2,000 parameters each": multipart(
+        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
+    ),
+    "a Content-Type with 100,000 parameters": (
+        f"Subject: p\nContent-Type: multipart/mixed{''.join(f'; p{n}=v' for n in range(100_000))}; boundary=b\n\n"
+        "--b\n\nx\n--b--\n"
+    ).encode(),
+    "100,000 header fields of encoded words": (
+        "".join(f"X-H{n}: {WORD} {WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
+    ).encode(),
+    "a To of 100,000 addresses": f"Subject: s\nTo: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
+}
+
+
+class Exceeded(Exception):
+    """Raised by the meter once a bound is passed: the email package gives up, and so does the test."""
+
+
+@dataclass
+class Meter:
+    characters: int = 0  # given to the header parsers (the new one, and the older parameter parser)
+    longest: int = 0  # the longest field given to one
+    parts: int = 0  # messages and MIME parts created by the parser
+    exceeded: str = ""
+    character_limit: int = 0
+    part_limit: int = MAX_PARTS + 2  # the whole message and its parts, then its headers alone
+
+    def field(self, value: object, longest_allowed: int = FIELD_CHARACTERS) -> None:
+        length = len(str(value))
+        self.characters += length
+        self.longest = max(self.longest, length)
+        if length > longest_allowed:
+            self._exceed(f"a field of {length} characters parsed")
+        if self.characters > self.character_limit:
+            self._exceed(f"over {self.character_limit} characters parsed")
+
+    def part(self) -> None:
+        self.parts += 1
+        if self.parts > self.part_limit:
+            self._exceed(f"over {self.part_limit} parts")
+
+    def _exceed(self, why: str) -> None:
+        self.exceeded = self.exceeded or why
+        raise Exceeded(why)
+
+
+@pytest.fixture
+def meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Meter]]:
+    meters: list[Meter] = []
+
+    def start(character_limit: int) -> Meter:
+        meters.append(Meter(character_limit=character_limit))
+        return meters[-1]
+
+    registry_call = email.headerregistry.HeaderRegistry.__call__
+    parseparam = email.message._parseparam  # type: ignore[attr-defined]
+    new_message = email.feedparser.FeedParser._new_message  # type: ignore[attr-defined]
+
+    def counted_registry(self: Any, name: str, value: str) -> Any:
+        if meters:
+            meters[-1].field(value)
+        return registry_call(self, name, value)
+
+    def counted_parseparam(value: str) -> Any:
+        if meters:
+            meters[-1].field(value, 2 * FIELD_CHARACTERS)  # a parsed field, written out again: quotes added
+        return parseparam(value)
+
+    def counted_new_message(self: Any) -> None:
+        if meters:
+            meters[-1].part()
+        new_message(self)
+
+    monkeypatch.setattr(email.headerregistry.HeaderRegistry, "__call__", counted_registry)
+    monkeypatch.setattr(email.message, "_parseparam", counted_parseparam)
+    monkeypatch.setattr(email.feedparser.FeedParser, "_new_message", counted_new_message)
+    yield start
+
+
+def record(message: bytes) -> Record:
+    return Record(offset=0, length=len(message), delivery=replace(BASE, message=message))
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_summary_parses_a_bounded_part_of_any_message(case: str, meter: Callable[[int], Meter]) -> None:
+    # Each time a field is read it is charged at least its length; the older parameter parser
+    # may read it once more.
+    measured = meter(2 * HEADER_BUDGET + 2 * FIELD_CHARACTERS)
+    summary = summarize("x.test", record(HOSTILE[case]))
+    assert measured.exceeded == "", measured
+    assert summary.subject, "the subject is still read"
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_show_decodes_a_bounded_part_of_any_message(case: str, meter: Callable[[int], Meter]) -> None:
+    measured = meter(SHOW_HEADER_BUDGET + FIELD_CHARACTERS)
+    shown = headers_shown(parse_headers(record(HOSTILE[case])))
+    assert measured.exceeded == "", measured
+    assert len(shown) == HOSTILE[case].split(b"\n\n", 1)[0].count(b"\n") + 1, "every field is shown"
+
+
+def test_a_long_subject_of_encoded_words_is_decoded_in_part_and_kept_whole() -> None:
+    summary = summarize("x.test", record(HOSTILE["a subject of 26,000 encoded words (560 KB)"]))
+    decoded = summary.subject[: summary.subject.index("=?")].rstrip()
+    assert decoded == "é" * len(decoded) and len(decoded) > 1000, "its first 8 KiB, decoded"
+    assert summary.subject.endswith(WORD), "the rest as stored"
+    assert summary.problem == f"Subject over {FIELD_CHARACTERS // 1024} KiB: encoded words past that shown as stored"
+
+
+def test_a_long_plain_subject_is_still_whole_and_no_problem() -> None:
+    subject = " ".join(["word"] * 100_000)
+    summary = summarize("x.test", record(f"Subject: {subject}\n\nx\n".encode()))
+    assert summary.subject == subject and summary.problem == ""
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("100,000 MIME parts", f"more than {MAX_PARTS:,} MIME parts: headers only"),
+        ("500 parts with 2,000 parameters each", f"header fields over {HEADER_BUDGET // 1024} KiB to parse"),
+    ],
+)
+def test_a_message_past_the_bounds_is_summarised_from_its_headers(case: str, problem: str) -> None:
+    summary = summarize("x.test", record(HOSTILE[case]))
+    assert summary.subject == "parts" and summary.problem.startswith(problem)
+
+
+def test_a_message_within_the_bounds_is_read_whole() -> None:
+    attachment = 'Content-Type: application/pdf; name="report.pdf"\nContent-Disposition: attachment; filename="r.pdf"'
+    message = multipart([f"{attachment}\nContent-Transfer-Encoding: base64\n\naGVsbG8="] * 600)
+    summary = summarize("x.test", record(message))
+    assert summary.problem == "" and len(summary.attachments) == 600
+
+
+def test_show_of_a_huge_message_prints_every_header(tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    message = b"Message-ID: <big@x.test>\n" + HOSTILE["100,000 header fields of encoded words"]
+    (forward / "x.test").write_bytes(render_record(replace(BASE, message=message)))
+    result = inspector(forward, "show", "big@x.test")
+    assert result.returncode == 0, result.stderr
+    assert "X-H0: éééééé" in result.stdout, "decoded while the budget lasts"
+    assert f"X-H99999: {WORD} {WORD}" in result.stdout, "as stored after"
