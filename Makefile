@@ -57,6 +57,8 @@ test: lint unit integration ## Lint, unit and integration tests
 
 bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markdown tables (docs/benchmarks.md)
 	$(VENV)/bin/python -m bench.server
+	$(VENV)/bin/python -m bench.isolation
+	$(VENV)/bin/python -m bench.memory
 	$(VENV)/bin/python -m bench.agent
 	$(VENV)/bin/python -m bench.inspector
 

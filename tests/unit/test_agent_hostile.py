@@ -17,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from maillab_agent.__main__ import EXIT_CONNECT, EXIT_NOT_ALL_ACCEPTED, EXIT_SENDER_REJECTED, EXIT_USAGE, app
-from maillab_agent.message import BadInput, batch_messages, build_message, parse_size
+from maillab_agent.config import memory_budget
+from maillab_agent.message import MAX_BATCH_MEMORY, BadInput, batch_memory, batch_messages, build_message, parse_size
 from tests.hostile import CONTROL_PAYLOADS, MARKUP_PAYLOADS, assert_inert, run_in_pty
 
 AGENT = shutil.which("maillab-agent", path=str(Path(sys.executable).parent)) or "maillab-agent"
@@ -257,7 +258,7 @@ def test_an_attachment_whose_name_holds_a_control_is_refused(tmp_path: Path) -> 
         (["--attachment-size", "9" * 5000], "not a size"),
         (["--attachment-size", "2GiB"], "too large"),
         (["--attachment-size", "1" + " " * 100_000 + "x"], "not a size"),
-        (["--count", "100000", "--attachments", "10", "--attachment-size", "1MiB"], "GiB of memory"),
+        (["--count", "100000", "--attachments", "10", "--attachment-size", "1MiB"], "MiB of memory"),
         (["--count", "2000000", "--attachments", "0"], "at most 1,000,000"),
         (["--recipients-per-message", "5000"], "at most 1000"),
         (["--domains", "a\x85b.test"], "control character"),
@@ -294,7 +295,7 @@ def test_a_structured_header_the_email_package_cannot_parse_is_bad_input() -> No
 
 
 def test_a_batch_too_big_for_memory_is_refused_before_it_is_built() -> None:
-    with pytest.raises(BadInput, match="GiB of memory"):
+    with pytest.raises(BadInput, match="MiB of memory"):
         batch_messages(seed=1, count=1_000_000, attachments=5, attachment_size=(1024**2, 1024**2))
 
 
@@ -404,3 +405,24 @@ def test_a_reply_that_is_not_smtp_is_a_connection_error_shown_inert(greeting: st
     assert code == EXIT_CONNECT, output
     assert len(lines_of(output)) == 1 and len(output) < 1000, output
     assert_inert(output)
+
+
+def test_a_container_memory_limit_sets_the_batch_budget(tmp_path: Path) -> None:
+    limited, unlimited, v1 = tmp_path / "memory.max", tmp_path / "v2.max", tmp_path / "limit_in_bytes"
+    limited.write_text("1073741824\n")
+    unlimited.write_text("max\n")
+    v1.write_text("9223372036854771712\n")  # cgroup v1's "no limit"
+    assert memory_budget((limited,)) == 512 * 1024**2
+    assert memory_budget((unlimited, tmp_path / "absent")) == MAX_BATCH_MEMORY
+    assert memory_budget((v1,)) == MAX_BATCH_MEMORY
+    assert memory_budget((tmp_path / "absent", limited)) == 512 * 1024**2
+    # A batch of about 700 MiB: allowed without a limit, refused (exit 2's BadInput) under 1 GiB.
+    assert 512 * 1024**2 < batch_memory(20, 1, 16 * 1024**2, 1) < MAX_BATCH_MEMORY
+    with pytest.raises(BadInput, match="at most 512 MiB is allowed"):
+        batch_messages(
+            seed=1,
+            count=20,
+            attachments=1,
+            attachment_size=(16 * 1024**2,) * 2,
+            memory_budget=memory_budget((limited,)),
+        )

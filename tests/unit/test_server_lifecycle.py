@@ -180,3 +180,22 @@ def test_a_client_that_never_reads_does_not_hold_up_the_shutdown(
         assert time.monotonic() - started < 20
     finally:
         flood.close()
+
+
+def test_a_client_that_hangs_up_without_quit_frees_its_place(start_server: StartServer) -> None:
+    # The idle timeout is far longer than the test: only the server closing its side on the
+    # client's EOF can free the places.
+    server = start_server(max_connections=3, idle_timeout=600.0)
+    address = (server.hostname, server.port)
+    for _ in range(6):
+        connection, greeting = greeting_of(address)
+        assert greeting.startswith(b"220 ")
+        connection.shutdown(socket.SHUT_WR)  # EOF, as a client that closes without QUIT sends
+        assert connection.recv(1) == b"", "the server closes its side once the client has hung up"
+        connection.close()
+    connections = [greeting_of(address) for _ in range(3)]
+    try:
+        assert all(greeting.startswith(b"220 ") for _, greeting in connections)
+    finally:
+        for connection, _ in connections:
+            connection.close()

@@ -18,6 +18,7 @@ from maillab_common.forward import Record, parse_records
 from maillab_server.config import ServerConfig
 from maillab_server.handler import ForwardHandler
 from maillab_server.store import ForwardStore
+from tests.hostile import CONTROL_PAYLOADS, assert_inert
 from tests.unit.conftest import ServerController, StartServer
 
 MESSAGE = b"From: a@sender.test\r\nSubject: three recipients\r\nMessage-ID: <m1@sender.test>\r\n\r\nFrom the body.\r\n"
@@ -70,6 +71,9 @@ def test_the_250_reply_names_the_stored_transaction(server: ServerController, cl
         "nodomain",
         "user@-x.test",
         "a\u2028b@one.test",
+        "user@[IPv6:fe80::1%..]",
+        "user@[IPv6:::1%" + "a" * 290 + "]",
+        "user@[x-lab:any.thing]",
     ],
 )
 def test_a_recipient_whose_domain_cannot_be_a_file_gets_553(client: smtplib.SMTP, address: str) -> None:
@@ -241,3 +245,15 @@ def test_invalid_utf8_in_an_address_is_refused_not_an_internal_error(server: Ser
     replies = raw_session(server, payload + b"VRFY >\x80\r\nQUIT\r\n")
     assert [line[:3] for line in replies] == [b"553", b"250", b"553", b"502", b"221"], replies
     assert all(b"Error: (" not in line for line in replies), "no exception leaks into a reply"
+
+
+def test_replies_that_quote_the_client_carry_no_control_from_it(server: ServerController) -> None:
+    replies = b"".join(
+        line
+        for text in (*CONTROL_PAYLOADS, "\u2028\u202ePWNED-BIDI")
+        # "VRFY (..." is no address: the 502 quotes it
+        for line in raw_session(server, b"%s\r\nMAIL FROM:%s\r\nVRFY (%s\r\nQUIT\r\n" % ((text.encode(),) * 3))
+    )
+    assert_inert(replies)
+    assert "\u2028".encode() not in replies and "\u202e".encode() not in replies
+    assert b"PWNED-C1CSI" in replies, "the client's text is quoted, made inert"

@@ -27,7 +27,7 @@ from rich.text import Text
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from maillab_agent.batch import RETRY_FOR, Outcome, send_batch, write_manifest
-from maillab_agent.config import AgentConfig
+from maillab_agent.config import AgentConfig, memory_budget
 from maillab_agent.config import server_address as parse_server
 from maillab_agent.interactive import compose
 from maillab_agent.message import (
@@ -329,6 +329,7 @@ def batch(
             html=html,
             domains=domain_list,
             recipients_per_message=recipients_per_message,
+            memory_budget=memory_budget(),
         )
     except BadInput as exc:
         fail(str(exc))

@@ -265,16 +265,20 @@ def batch_messages(
     domains: Sequence[str] = DEFAULT_DOMAINS,
     recipients_per_message: int = 1,
     mail_from: str = DEFAULT_SENDER,
+    memory_budget: int = MAX_BATCH_MEMORY,
 ) -> list[Outgoing]:
-    """`count` test messages; the same arguments always give the same messages."""
+    """`count` test messages; the same arguments always give the same messages.
+
+    A batch that `batch_memory` says would take more than `memory_budget` bytes is refused.
+    """
     if count > MAX_BATCH_COUNT:
         raise BadInput(f"{count} messages: at most {MAX_BATCH_COUNT:,} in one batch")
     if recipients_per_message > MAX_RECIPIENTS:
         raise BadInput(f"{recipients_per_message} recipients a message: at most {MAX_RECIPIENTS}")
-    if (need := batch_memory(count, attachments, attachment_size[1], recipients_per_message)) > MAX_BATCH_MEMORY:
+    if (need := batch_memory(count, attachments, attachment_size[1], recipients_per_message)) > memory_budget:
         raise BadInput(
-            f"the batch would take about {need / 1024**3:.1f} GiB of memory, where at most"
-            f" {MAX_BATCH_MEMORY // 1024**3} GiB is allowed: send fewer or smaller messages"
+            f"the batch would take about {need / 1024**2:,.0f} MiB of memory, where at most"
+            f" {memory_budget // 1024**2:,} MiB is allowed here: send fewer or smaller messages"
         )
     rng = random.Random(seed)
     messages = []

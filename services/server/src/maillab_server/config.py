@@ -20,6 +20,7 @@ class ServerConfig:
     hostname: str = "maillab.test"  # the name in the greeting and Received headers
     forward_dir: Path = Path("/forward")
     max_message_size: int = 32 * 1024 * 1024
+    spool_threshold: int = 1024 * 1024  # a message past this many bytes goes to disk as it arrives
     max_recipients: int = 100
     max_line_length: int = 1000  # RFC 5321 4.5.3.1.6, CRLF included
     lenient_line_endings: bool = False  # unsafe: a bare LF ends lines and "." LF ends DATA
@@ -45,6 +46,7 @@ class ServerConfig:
             hostname=env_str(env, "MAILLAB_HOSTNAME", cls.hostname),
             forward_dir=Path(env_str(env, "MAILLAB_FORWARD_DIR", str(cls.forward_dir))),
             max_message_size=env_int(env, "MAILLAB_MAX_MESSAGE_SIZE", cls.max_message_size, minimum=1024),
+            spool_threshold=env_int(env, "MAILLAB_SPOOL_THRESHOLD", cls.spool_threshold, minimum=0),
             max_recipients=env_int(env, "MAILLAB_MAX_RECIPIENTS", cls.max_recipients, minimum=1),
             max_line_length=env_int(env, "MAILLAB_MAX_LINE_LENGTH", cls.max_line_length, minimum=80),
             lenient_line_endings=env_bool(env, "MAILLAB_LENIENT_LINE_ENDINGS", cls.lenient_line_endings),
@@ -97,6 +99,7 @@ FLAGS = {
     "--hostname": "MAILLAB_HOSTNAME",
     "--forward-dir": "MAILLAB_FORWARD_DIR",
     "--max-message-size": "MAILLAB_MAX_MESSAGE_SIZE",
+    "--spool-threshold": "MAILLAB_SPOOL_THRESHOLD",
     "--max-recipients": "MAILLAB_MAX_RECIPIENTS",
     "--max-line-length": "MAILLAB_MAX_LINE_LENGTH",
     "--lenient-line-endings": "MAILLAB_LENIENT_LINE_ENDINGS",

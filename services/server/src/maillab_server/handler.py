@@ -17,10 +17,17 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from maillab_common.domains import InvalidAddress, domain_of, group_by_domain
 from maillab_common.esmtp import ONCE
-from maillab_common.forward import RECORD_END, Delivery, render_body, render_trace, to_mbox_line_endings
+from maillab_common.forward import (
+    RECORD_END,
+    Delivery,
+    render_body,
+    render_trace,
+    to_mbox_line_endings,
+)
 from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
-from maillab_server.store import ForwardStore
+from maillab_server.spool import LabEnvelope, Spool
+from maillab_server.store import ForwardStore, Part
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +42,26 @@ def trace_safe(text: str) -> str:
     return "".join(c if c.isprintable() and c not in " ()" else "_" for c in text) or "unknown"
 
 
-def advertise_extensions(responses: list[str]) -> list[str]:
+def advertise_extensions(responses: list[str], *, auth: bool = True) -> list[str]:
     """The EHLO reply with PIPELINING (RFC 2920) and XMAILLAB-ONCE added before its last line.
 
     aiosmtpd reads commands one at a time from its stream and answers each in order, so
     pipelined commands already work; it just does not say so, and clients then wait for
-    every reply before the next command.
+    every reply before the next command. Without `auth` (no users), aiosmtpd's AUTH line goes:
+    every attempt could only fail.
     """
-    return [*responses[:-1], "250-PIPELINING", f"250-{ONCE}", responses[-1]]
+    kept = responses[:-1] if auth else [line for line in responses[:-1] if not line.startswith("250-AUTH")]
+    return [*kept, "250-PIPELINING", f"250-{ONCE}", responses[-1]]
+
+
+def _refused(session: Session, role: str, address: str, reply: str) -> str:
+    """`reply`, logged: a lab user whose client is refused can see why in the server's log.
+
+    The address is the client's own text; the log formatter shows its control characters
+    as escapes.
+    """
+    log.info("refused %s <%s> from %r: %s", role, address, session.peer, reply)
+    return reply
 
 
 class ForwardHandler:
@@ -54,13 +73,14 @@ class ForwardHandler:
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        return advertise_extensions(responses)
+        return advertise_extensions(responses, auth=bool(self._config.auth_users))
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         if has_unacceptable_characters(address):
-            return "553 5.1.7 The sender address holds characters not allowed in an address"
+            reply = "553 5.1.7 The sender address holds characters not allowed in an address"
+            return _refused(session, "sender", address, reply)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -71,19 +91,48 @@ class ForwardHandler:
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self._config.max_recipients})"
         if has_unacceptable_characters(address):
-            return "553 5.1.3 The recipient address holds characters not allowed in an address"
+            reply = "553 5.1.3 The recipient address holds characters not allowed in an address"
+            return _refused(session, "recipient", address, reply)
         try:
             domain_of(address)
         except InvalidAddress as exc:
-            return f"553 5.1.3 {exc}"
+            return _refused(session, "recipient", address, f"553 5.1.3 {exc}")
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
+
+    @property
+    def spool_threshold(self) -> int:
+        """Past this many bytes of DATA the protocol spools the message (`open_spool`) instead of holding it."""
+        return self._config.spool_threshold
+
+    def open_spool(self) -> Spool:
+        return Spool(self._store.root)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.monotonic()
         transaction_id = secrets.token_hex(8).upper()
-        message = to_mbox_line_endings(envelope.original_content or b"")
-        envelope.content = envelope.original_content = None  # a large message is held once, not twice
+        spool = envelope.spool if isinstance(envelope, LabEnvelope) else None
+        if spool is None:
+            message = to_mbox_line_endings(envelope.original_content or b"")
+            envelope.content = envelope.original_content = None  # a large message is held once, not twice
+            # The body once, for every domain: a 30 MB message to 100 domains is held once, not 100
+            # times (and, with no line to escape, it is `message` itself).
+            body: Part = render_body(message)
+            length = len(message)
+        else:
+            # This handler's from here: closed once the store is done with it, and not before.
+            assert isinstance(envelope, LabEnvelope)
+            envelope.spool = None
+            try:
+                spool.check()
+            except StorageError as exc:
+                spool.close()
+                log.warning("id=%s not stored: %s", transaction_id, exc)
+                return exc.smtp_reply
+            # Not held: the store copies the spool, and XMAILLAB-ONCE compares it, a chunk at a time.
+            message = b""
+            body = spool
+            length = spool.length
         peer: Any = session.peer
         template = Delivery(
             # aiosmtpd keeps the null sender as "<>" (an empty one would read as no MAIL yet)
@@ -98,16 +147,24 @@ class ForwardHandler:
             message=message,
         )
         groups = group_by_domain(envelope.rcpt_tos)
-        # The body once, for every domain: a 30 MB message to 100 domains is held once, not 100 times
-        # (and, with no line to escape, it is `message` itself).
-        body = render_body(message)
+        body_length = len(body) if isinstance(body, bytes) else body.length
         deliveries = {domain: replace(template, rcpt_tos=rcpts) for domain, rcpts in groups.items()}
         records = {
-            domain: (render_trace(delivery, len(body)), body, RECORD_END) for domain, delivery in deliveries.items()
+            domain: (render_trace(delivery, body_length), body, RECORD_END) for domain, delivery in deliveries.items()
         }
         once = deliveries if ONCE in envelope.mail_options else None
         try:
-            already_stored = await asyncio.wrap_future(self._store.submit(records, once=once))
+            future = self._store.submit(records, once=once)
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            raise
+        if spool is not None:
+            # Done includes cancelled: a client that goes away cancels the wait below, and the
+            # commit thread, if it has begun, reads the spool until it is done all the same.
+            future.add_done_callback(lambda _: spool.close())
+        try:
+            already_stored = await asyncio.wrap_future(future)
         except StorageError as exc:
             log.warning("id=%s not stored: %s", transaction_id, exc)
             return exc.smtp_reply
@@ -116,7 +173,7 @@ class ForwardHandler:
             transaction_id,
             envelope.mail_from,
             len(envelope.rcpt_tos),
-            len(message),
+            length,
             ",".join(groups),
             f" already-stored={','.join(already_stored)}" if already_stored else "",
             (time.monotonic() - started) * 1000,

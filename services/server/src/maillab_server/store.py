@@ -10,28 +10,45 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import logging
 import os
+import re
 import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
-from maillab_common.forward import RECORD_END, Delivery, Record, parse_records, render_body, same_delivery
+from maillab_common.forward import (
+    MAX_TRACE_BYTES,
+    RECORD_END,
+    Delivery,
+    parse_records,
+    parse_trace,
+    render_body,
+    trace_is_cut,
+    trace_pattern,
+    trace_prefix,
+)
 from maillab_server.errors import StorageError, StorageFull
+from maillab_server.spool import Spool
 
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _READ_CHUNK = 1024 * 1024
+_COPY_CHUNK = 1024 * 1024  # a spooled body goes into a record this much at a time
 
 
 # How far back from the end of a forward file XMAILLAB-ONCE looks for an earlier copy:
 # a retry comes seconds after the attempt it repeats, so its copy is among the last records.
 RECENT_WINDOW = 64 * 1024 * 1024
 
-Parts = Mapping[str, Sequence[bytes]]  # domain -> its record in parts: trace, body, end
+Part = bytes | Spool  # a body too large to hold is a spool, copied in a chunk at a time
+Parts = Mapping[str, Sequence[Part]]  # domain -> its record in parts: trace, body, end
 Waiting = tuple[Parts, Mapping[str, Delivery] | None, Future[tuple[str, ...]]]
 
 
@@ -42,6 +59,7 @@ class ForwardStore:
         self._waiting: list[Waiting] = []
         self._wake = threading.Condition()
         self._committer: threading.Thread | None = None
+        self._copies = _CopyFinder()  # the XMAILLAB-ONCE lookup, and the large records it remembers
 
     def submit(self, records: Parts, once: Mapping[str, Delivery] | None = None) -> Future[tuple[str, ...]]:
         """`deliver`, by group commit: what waits at the same moment goes to disk together.
@@ -90,7 +108,7 @@ class ForwardStore:
 
     def _commit(self, group: list[Waiting]) -> None:
         if len(group) > 1:
-            merged: dict[str, list[bytes]] = {}
+            merged: dict[str, list[Part]] = {}
             for records, _, _ in group:
                 for domain, parts in records.items():
                     merged.setdefault(domain, []).extend(parts)
@@ -105,7 +123,11 @@ class ForwardStore:
         for records, once, future in group:
             try:
                 stored = tuple(
-                    sorted(domain for domain, delivery in (once or {}).items() if self._holds(domain, delivery))
+                    sorted(
+                        domain
+                        for domain, delivery in (once or {}).items()
+                        if self._holds(domain, _wanted(delivery, records[domain]))
+                    )
                 )
                 self._append({domain: parts for domain, parts in records.items() if domain not in stored})
             except StorageError as exc:
@@ -113,7 +135,7 @@ class ForwardStore:
             else:
                 future.set_result(stored)
 
-    def _holds(self, domain: str, delivery: Delivery) -> bool:
+    def _holds(self, domain: str, delivery: Delivery | Wanted) -> bool:
         """Whether the domain's file holds the same delivery among its last `recent_window` bytes.
 
         A copy found is fsynced before this says yes: the process that wrote it may have died
@@ -129,9 +151,9 @@ class ForwardStore:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
                 raise StorageError(f"{self.root / domain} is not a regular file")
-            start = max(0, status.st_size - self.recent_window)
-            recent = os.pread(fd, status.st_size - start, start)
-            if not _holds_delivery(recent, delivery):
+            floor = max(0, status.st_size - self.recent_window)
+            wanted = delivery if isinstance(delivery, Wanted) else Wanted.of(delivery)  # Wanted: a spooled body
+            if not self._copies.find(fd, status, floor, wanted):
                 return False
             os.fsync(fd)
             _fsync_dir(self.root)
@@ -152,7 +174,7 @@ class ForwardStore:
         """Append each domain's record to its forward file, durably, or none of them."""
         self._append({domain: [record] for domain, record in records.items()})
 
-    def _append(self, records: Mapping[str, Sequence[bytes]]) -> None:
+    def _append(self, records: Mapping[str, Sequence[Part]]) -> None:
         domains = sorted(records)  # one lock order for everyone: no deadlock
         opened: list[int] = []
         sizes_before: list[int] = []
@@ -230,27 +252,248 @@ class ForwardStore:
                 log.exception("could not cut a forward file back to %d bytes", size)
 
 
-def _holds_delivery(recent: bytes, delivery: Delivery) -> bool:
-    """Whether `recent` (the end of a forward file) holds a record of `delivery`.
+BodyReader = Callable[[int, int], bytes | memoryview]  # (offset, size) -> those bytes of a stored body
 
-    Searched from the end for the stored body, and only the record around each match is
-    parsed: a copy to find is usually among the last records.
+# XMAILLAB-ONCE's lookup (`_CopyFinder`): how it reads, and what it remembers.
+_LOOKUP_CHUNK = 1024 * 1024  # bytes searched at a time, plus MAX_TRACE_BYTES to finish a trace in
+_OVERLAP = 4096  # read past a chunk's end, where most traces that start in it end
+_COMPARE_CHUNK = 1024 * 1024  # a candidate's body is compared this much at a time
+_MAX_CANDIDATES = 1024  # records of the same envelope and body length compared by one lookup, at most
+_SPAN_MIN = 256 * 1024  # a record this large that crosses a chunk's edge is remembered, to be skipped
+_SPAN_FILES = 64  # files whose large records are remembered, the most recently looked in
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The delivery an XMAILLAB-ONCE retry looks for: its envelope, and its body as stored.
+
+    `read_body(offset, size)` returns `size` bytes of the stored body (LF line endings,
+    mboxrd-escaped: what `render_body` gives) from `offset`, and is called only within
+    `body_length`, a chunk of at most _COMPARE_CHUNK bytes at a time, newest candidate first.
     """
-    body = render_body(delivery.message)
-    end = len(recent)
-    while (at := recent.rfind(body, 0, end)) != -1:
-        # mboxrd: a line that starts "From " starts a record, so the nearest one before the
-        # match starts the record it belongs to (0: a record cut by the window's edge, damage).
-        record_start = recent.rfind(b"\nFrom ", 0, at) + 1
-        items, _ = parse_records(recent[record_start : at + len(body) + len(RECORD_END)])
-        if items and isinstance(items[0], Record) and same_delivery(items[0].delivery, delivery):
-            return True
-        end = at + len(body) - 1  # an earlier occurrence next
-    return False
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    body_length: int
+    read_body: BodyReader
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> Wanted:
+        view = memoryview(render_body(delivery.message))
+        return cls(
+            mail_from=delivery.mail_from,
+            rcpt_tos=delivery.rcpt_tos,
+            body_length=len(view),
+            read_body=lambda offset, size: view[offset : offset + size],
+        )
 
 
-def _write_all(fd: int, parts: Sequence[bytes]) -> None:
-    """Write every part, in order, with as few system calls as the kernel allows (writev)."""
+@dataclass(frozen=True)
+class _Span:
+    """A large complete record, remembered by where it is and by a digest of its trace block."""
+
+    start: int
+    end: int
+    head_length: int
+    head_digest: bytes
+
+
+def _digest(head: bytes) -> bytes:
+    return hashlib.blake2b(head, digest_size=16).digest()
+
+
+class _CopyFinder:
+    """Finds an earlier copy of a delivery among the last bytes of a forward file.
+
+    A search for the body's bytes would stop wherever they occur (an empty body is in every
+    line). This searches instead for the trace blocks of the same envelope and body length:
+    one regular expression that starts with the record's From line, a line no body holds,
+    so it runs at the speed of a substring search and stops only at real candidates. Each
+    candidate's body is compared a chunk at a time, newest first, up to its first difference.
+
+    So a lookup costs one pass over the window's bytes at most, whatever the body, plus the
+    bytes of the candidates compared. Large records (_SPAN_MIN) are remembered by their file's
+    device and inode, and later lookups skip their bodies instead of reading them again (a
+    remembered record is checked by its trace block each time, so a file cut back or
+    replaced only costs a pass). Damage (hand edits, a repaired crash) is passed over like
+    any body: only a candidate whose trace parses and whose body is byte for byte the same
+    is a copy.
+    """
+
+    def __init__(self) -> None:
+        self._spans: OrderedDict[tuple[int, int], dict[int, _Span]] = OrderedDict()  # by end
+
+    def find(self, fd: int, status: os.stat_result, floor: int, wanted: Wanted) -> bool:
+        """Whether a copy of `wanted` starts at or after `floor` in the file open at `fd`."""
+        key = (status.st_dev, status.st_ino)
+        spans = {
+            end: span
+            for end, span in self._spans.pop(key, {}).items()
+            if span.start >= floor and span.end <= status.st_size
+        }
+        try:
+            return _Lookup(fd, status.st_size, floor, wanted, spans).run()
+        finally:
+            if spans:
+                self._spans[key] = spans
+                while len(self._spans) > _SPAN_FILES:
+                    self._spans.popitem(last=False)
+
+
+class _GiveUp(Exception):
+    """A lookup has compared as many candidates as it may: what is left counts as not found."""
+
+
+class _Lookup:
+    """One lookup: `run` walks down from the end of the file to `floor`."""
+
+    def __init__(self, fd: int, size: int, floor: int, wanted: Wanted, spans: dict[int, _Span]) -> None:
+        self.fd = fd
+        self.size = size
+        self.floor = floor
+        self.wanted = wanted
+        self.spans = spans  # updated in place: stale ones dropped, new ones added
+        self.pattern = trace_pattern(wanted.mail_from, wanted.rcpt_tos, wanted.body_length)
+        self.prefix = trace_prefix(wanted.mail_from)
+        self.overlap = len(self.prefix) + _OVERLAP
+        self.candidates = 0
+        self.lowest_start = size  # the lowest record start seen so far, everything above it looked at
+
+    def run(self) -> bool:
+        try:
+            top = self.size
+            for end in sorted(self.spans, reverse=True):
+                span = self.spans[end]
+                if end > top:
+                    del self.spans[end]  # overlaps one found since: not what it was
+                    continue
+                if self._scan(end, top):
+                    return True
+                top = end
+                head = os.pread(self.fd, span.head_length, span.start)
+                if _digest(head) != span.head_digest:
+                    del self.spans[end]  # the file changed under it: its bytes get scanned instead
+                    continue
+                match = self.pattern.fullmatch(b"\n" + head)  # a candidate, as the scan would find it
+                if match is not None and self._is_copy(span.start + len(head), None, 0):
+                    return True
+                top = self.lowest_start = span.start
+            return self._scan(self.floor, top)
+        except _GiveUp:
+            return False
+
+    def _scan(self, bottom: int, top: int) -> bool:
+        """Look at every record that starts in [bottom, top), the newest first."""
+        hi = top
+        while hi > bottom:
+            lo = max(bottom, hi - _LOOKUP_CHUNK)
+            # From the LF before a record that starts at `lo` to a little past `hi`, where most
+            # traces that start below `hi` end (one that does not is read again, whole).
+            data = os.pread(self.fd, min(self.size, hi + self.overlap) - max(0, lo - 1), max(0, lo - 1))
+            if lo == 0:
+                data = b"\n" + data  # a record at the start of the file gets an LF in front
+            base = lo - 1  # the file offset of data[0]
+            first, last = lo - 1 - base, hi - 1 - base  # where the LF before a record start in [lo, hi) can be
+            candidates: list[tuple[bytes, int, re.Match[bytes]]] = []
+            at = first
+            while (match := self.pattern.search(data, at)) is not None and match.start() < last:
+                candidates.append((data, base, match))
+                at = match.end()
+            # Only the highest trace of this sender can run past `data`: one below ends before it starts.
+            highest = data.rfind(self.prefix, first, last + len(self.prefix) - 1)
+            if highest != -1 and (not candidates or candidates[-1][2].start() != highest):
+                buf, buf_base, at = self._whole_trace(data, base, highest + 1)
+                if buf is not data and (match := self.pattern.match(b"\n" + buf, at)) is not None:
+                    candidates.append((b"\n" + buf, buf_base - 1, match))
+            for buf, buf_base, match in reversed(candidates):
+                if self._is_copy(buf_base + match.end(), buf, buf_base) and self._is_trace(buf, match):
+                    return True
+            self._remember_large(data, base, first, last)
+            hi = lo
+        return False
+
+    def _is_trace(self, buf: bytes, match: re.Match[bytes]) -> bool:
+        """Whether a match of `pattern` is the whole of a valid trace block, as parse_records reads one."""
+        trace = parse_trace(buf, match.start() + 1)
+        return trace is not None and trace.length == match.end() - match.start() - 1
+
+    def _whole_trace(self, data: bytes, base: int, at: int) -> tuple[bytes, int, int]:
+        """Bytes that hold the whole trace block starting at data[at], if there is one: `data`, or a new read."""
+        if base + len(data) >= self.size or not trace_is_cut(data, at):
+            return data, base, at
+        start = base + at
+        return os.pread(self.fd, min(MAX_TRACE_BYTES, self.size - start), start), start, 0
+
+    def _remember_large(self, data: bytes, base: int, first: int, last: int) -> None:
+        """Remember the highest record in this stretch when it is large, then move `lowest_start` down."""
+        highest = data.rfind(b"\nFrom ", first, last + len(b"\nFrom ") - 1)
+        if highest == -1:
+            return  # inside a large body (or damage): its start is further down
+        start = base + highest + 1
+        if self.lowest_start - start >= _SPAN_MIN:
+            buf, _, at = self._whole_trace(data, base, highest + 1)
+            trace = parse_trace(buf, at)
+            if trace is not None:
+                end = start + trace.length + trace.body_length + len(RECORD_END)
+                if end == self.lowest_start and os.pread(self.fd, 2, end - 2) == b"\n\n":
+                    head = buf[at : at + trace.length]
+                    self.spans[end] = _Span(start=start, end=end, head_length=len(head), head_digest=_digest(head))
+        lowest = data.find(b"\nFrom ", first, last + len(b"\nFrom ") - 1)
+        self.lowest_start = base + lowest + 1
+
+    def _is_copy(self, body_start: int, data: bytes | None, base: int) -> bool:
+        """Whether the body at `body_start` (after a trace of the wanted envelope and length) is the wanted one.
+
+        `data`, when given, holds the file's bytes from offset `base`: a body inside it is
+        compared there, without another read.
+        """
+        self.candidates += 1
+        if self.candidates > _MAX_CANDIDATES:
+            raise _GiveUp
+        length = self.wanted.body_length
+        if body_start + length + len(RECORD_END) > self.size:
+            return False  # torn: cut off by a crash, to be repaired
+        if data is not None and length <= _COMPARE_CHUNK and body_start + length + len(RECORD_END) - base <= len(data):
+            at = body_start - base
+            stored = memoryview(data)[at : at + length + len(RECORD_END)]
+            return stored[-1:] == RECORD_END and stored[:length] == self.wanted.read_body(0, length)
+        if os.pread(self.fd, len(RECORD_END), body_start + length) != RECORD_END:
+            return False
+        for offset in range(0, length, _COMPARE_CHUNK):
+            size = min(_COMPARE_CHUNK, length - offset)
+            if os.pread(self.fd, size, body_start + offset) != self.wanted.read_body(offset, size):
+                return False
+        return True
+
+
+def _wanted(delivery: Delivery, parts: Sequence[Part]) -> Wanted:
+    """What XMAILLAB-ONCE looks for: the delivery, with its body part (trace, body, end) as stored.
+
+    A spooled body is compared a chunk at a time from its spool, never read whole; a body in
+    memory is the delivery's message.
+    """
+    spool = next((part for part in parts if isinstance(part, Spool)), None)
+    if spool is None:
+        return Wanted.of(delivery)
+    return Wanted(
+        mail_from=delivery.mail_from, rcpt_tos=delivery.rcpt_tos, body_length=spool.length, read_body=spool.read_at
+    )
+
+
+def _write_all(fd: int, parts: Sequence[Part]) -> None:
+    """Write every part, in order: bytes with as few system calls as the kernel allows (writev), spools copied."""
+    pending: list[bytes] = []
+    for part in parts:
+        if isinstance(part, Spool):
+            _writev_all(fd, pending)
+            pending = []
+            _copy_spool(fd, part)
+        else:
+            pending.append(part)
+    _writev_all(fd, pending)
+
+
+def _writev_all(fd: int, parts: Sequence[bytes]) -> None:
     views = [memoryview(part) for part in parts if part]
     while views:
         written = os.writev(fd, views[:1024])  # IOV_MAX
@@ -259,6 +502,21 @@ def _write_all(fd: int, parts: Sequence[bytes]) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+
+
+def _copy_spool(fd: int, spool: Spool) -> None:
+    """Copy the spooled body through one buffer: copy_file_range and sendfile refuse an O_APPEND file."""
+    spool.check()
+    buffer = bytearray(min(_COPY_CHUNK, spool.length))
+    offset = 0
+    while offset < spool.length:
+        read = os.preadv(spool.fd, [buffer], offset)
+        if read == 0:
+            raise StorageError(f"the spooled message ends at {offset} of its {spool.length} bytes")
+        view = memoryview(buffer)[:read]
+        while view:
+            view = view[os.write(fd, view) :]
+        offset += read
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,256 @@
+"""Isolation benchmark: one hostile XMAILLAB-ONCE client must not slow down everyone else.
+
+A real server (a subprocess, storing durably) first stores a 32 MiB record in hostile.test.
+Then an unrelated client sends small messages to victim.test, one at a time over one
+session, twice: on the idle server, and while a hostile client (another process) sends
+XMAILLAB-ONCE retries to hostile.test in a loop, with the bodies that cost the lookup most:
+an empty body, one character that is in every line of the large record, one whole line of
+it, a prefix of it, and a body of the same length each time but never the same bytes, so
+that each is stored and every later one has one more candidate to compare. The goal: the
+unrelated client's p99 delivery latency under attack is at most twice its idle p99.
+
+Also timed, in this process: one lookup of those bodies in a file holding one large record,
+by the lookup before issue 10 (copied below) and by the store's own; and the conversion of a
+hostile message's line endings (runs of CRs), before and now.
+
+    python -m bench.isolation [--messages 400] [--size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import smtplib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
+from maillab_common.esmtp import ONCE
+from maillab_common.forward import (
+    RECORD_END,
+    Delivery,
+    Record,
+    parse_records,
+    render_body,
+    render_record,
+    same_delivery,
+    to_mbox_line_endings,
+)
+from maillab_server.store import ForwardStore
+
+HOSTILE_SENDER = "hostile@attack.test"
+HOSTILE_RCPT = "x@hostile.test"
+LINE = b"z" * 998 + b"\r\n"
+MiB = 1024 * 1024
+
+
+def large_message(size: int) -> bytes:
+    head = b"Subject: large\r\n\r\n"
+    return head + LINE * ((size - len(head)) // len(LINE))
+
+
+def adversarial_bodies(count: int) -> list[tuple[str, Callable[[int], bytes]]]:
+    """Each kind of retry the hostile client sends, by the number of the retry."""
+    prefix = large_message(64 * 1024)
+    return [
+        ("empty body", lambda _: b""),
+        ("one character in every line", lambda _: b"z"),
+        ("one whole line of the large record", lambda _: LINE),
+        ("a 64 KiB prefix of the large record", lambda _: prefix),
+        ("same length each time, other bytes", lambda number: b"n%09d\r\n" % number),
+    ][:count]
+
+
+def server(port: int, forward: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAILLAB_LOG_LEVEL": "warning"}
+    return start_process(
+        [
+            sys.executable,
+            "-m",
+            "maillab_server",
+            "serve",
+            "--listen-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--forward-dir",
+            str(forward),
+            "--max-message-size",
+            str(40 * MiB),
+        ],
+        env,
+    )
+
+
+def victim_latencies(port: int, count: int) -> list[float]:
+    """Milliseconds from MAIL to the 250 after the dot, for each of `count` small messages."""
+    body = b"Subject: small\r\n\r\n" + (b"v" * 76 + b"\r\n") * 13  # about 1 KiB
+    latencies = []
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            client.sendmail("victim@victim.test", ["y@victim.test"], body)
+            latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def hostile(port: int, seconds: float) -> None:
+    """The hostile client's loop (its own process): ONCE retries to hostile.test until time is up."""
+    kinds = adversarial_bodies(5)
+    deadline = time.monotonic() + seconds
+    sent = 0
+    with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
+        while time.monotonic() < deadline:
+            _, body = kinds[sent % len(kinds)]
+            client.sendmail(HOSTILE_SENDER, [HOSTILE_RCPT], body(sent), mail_options=[ONCE])
+            sent += 1
+    print(sent)
+
+
+def attack(port: int, messages: int) -> tuple[list[float], int, float]:
+    """The victim's latencies while the hostile client runs, its retries and their rate."""
+    seconds = 3.0 + messages * 0.05  # outlasts the victim's messages on a slow machine too
+    command = [sys.executable, "-m", "bench.isolation", "--hostile", str(port), "--seconds", str(seconds)]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # under way
+        latencies = victim_latencies(port, messages)
+        stdout, _ = process.communicate(timeout=seconds + 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    retries = int(stdout.strip())
+    return latencies, retries, retries / (time.monotonic() - started)
+
+
+def old_holds_delivery(recent: bytes, delivery: Delivery) -> bool:
+    """The lookup before issue 10, as it was (store.py at 4a1f817): for comparison only."""
+    body = render_body(delivery.message)
+    end = len(recent)
+    while (at := recent.rfind(body, 0, end)) != -1:
+        record_start = recent.rfind(b"\nFrom ", 0, at) + 1
+        items, _ = parse_records(recent[record_start : at + len(body) + len(RECORD_END)])
+        if items and isinstance(items[0], Record) and same_delivery(items[0].delivery, delivery):
+            return True
+        end = at + len(body) - 1
+    return False
+
+
+def line_ending_times() -> list[tuple[str, float, float]]:
+    """A message's CRLF to LF, before issue 10 (one regular expression, quadratic in a run of CRs) and now."""
+    old_crs = re.compile(rb"\r+\n")
+    rows = []
+    for name, message in (
+        ("1000 lines of 990 CRs and an x (1 MB)", (b"\r" * 990 + b"x\r\n") * 1000 + b"\r\r\n"),
+        ("one run of 40000 CRs", b"\r" * 40_000 + b"x\r\r\n"),
+    ):
+        started = time.perf_counter()
+        old_crs.sub(b"\n", message.replace(b"\r\n", b"\n"))
+        old = time.perf_counter() - started
+        started = time.perf_counter()
+        to_mbox_line_endings(message)
+        rows.append((name, old * 1000, (time.perf_counter() - started) * 1000))
+    return rows
+
+
+def lookup_times(work: Path, size: int, old_budget: float) -> list[tuple[str, str, str]]:
+    """One lookup of each adversarial body in a file holding one large record: old and new, in ms."""
+    template = Delivery(
+        mail_from=HOSTILE_SENDER,
+        rcpt_tos=(HOSTILE_RCPT,),
+        received_at=datetime.now(UTC).replace(microsecond=0),
+        transaction_id="BENCH",
+        helo="bench",
+        peer="127.0.0.1",
+        server_name="maillab.bench",
+        tls=False,
+        message=b"",
+    )
+    folder = work / f"lookup-{size}"
+    folder.mkdir()
+    record = render_record(replace(template, message=to_mbox_line_endings(large_message(size))))
+    (folder / "hostile.test").write_bytes(record)
+    rows = []
+    for name, body in adversarial_bodies(4):
+        delivery = replace(template, message=to_mbox_line_endings(body(0)))
+        store = ForwardStore(folder)
+        started = time.perf_counter()
+        assert not store._holds("hostile.test", delivery)  # the lookup alone: nothing is appended
+        new = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        assert not store._holds("hostile.test", delivery)
+        again = (time.perf_counter() - started) * 1000
+        old = "not run"
+        if old_budget > 0:
+            started = time.perf_counter()
+            assert not old_holds_delivery(record, delivery)
+            elapsed = time.perf_counter() - started
+            old_budget -= elapsed
+            old = f"{elapsed * 1000:.1f}"
+        rows.append((f"{name}, {size // MiB} MiB record", old, f"{new:.1f} (then {again:.2f})"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=400, help="small messages the victim sends per phase")
+    parser.add_argument("--size", type=int, default=32, help="MiB of the large record")
+    parser.add_argument("--hostile", type=int, help=argparse.SUPPRESS)  # the hostile client's own process
+    parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hostile is not None:
+        hostile(args.hostile, args.seconds)
+        return
+    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as folder:
+        work = Path(folder)
+        forward = work / "forward"
+        forward.mkdir()
+        port = free_port()
+        process = server(port, forward)
+        try:
+            wait_for_port(port)
+            with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
+                client.sendmail(HOSTILE_SENDER, [HOSTILE_RCPT], large_message(args.size * MiB))
+            victim_latencies(port, 50)  # warm-up
+            idle = victim_latencies(port, args.messages)
+            attacked, retries, rate = attack(port, args.messages)
+        finally:
+            stop_process(process)
+        hostile_file = (forward / "hostile.test").stat().st_size
+        # The old lookup is quadratic: timed on 1 and 2 MiB records (32 MiB would take hours).
+        old_rows = lookup_times(work, 1 * MiB, old_budget=60.0) + lookup_times(work, 2 * MiB, old_budget=60.0)
+        new_rows = lookup_times(work, args.size * MiB, old_budget=0.0)
+    line_endings = line_ending_times()
+    idle_p99, attacked_p99 = percentile(idle, 99), percentile(attacked, 99)
+    ratio = attacked_p99 / idle_p99
+    print(f"| unrelated client, {args.messages} small messages per phase | p50 ms | p99 ms | p99 / idle p99 | goal |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| idle server | {percentile(idle, 50):.2f} | {idle_p99:.2f} | 1.00 | |")
+    print(
+        f"| during {retries} XMAILLAB-ONCE retries ({rate:.0f}/s) against a {args.size} MiB record "
+        f"(hostile file at the end: {hostile_file / MiB:.0f} MiB) | {percentile(attacked, 50):.2f} | "
+        f"{attacked_p99:.2f} | {ratio:.2f} | <= 2x: {'met' if ratio <= 2 else 'NOT met'} |"
+    )
+    print()
+    print("| one XMAILLAB-ONCE lookup, not found | before issue 10, ms | now, ms (then again) |")
+    print("| --- | --- | --- |")
+    for name, old, new in old_rows + new_rows:
+        print(f"| {name} | {old} | {new} |")
+    print()
+    print("| a hostile message's line endings (CRLF to LF) | before issue 10, ms | now, ms |")
+    print("| --- | --- | --- |")
+    for name, old_ms, new_ms in line_endings:
+        print(f"| {name} | {old_ms:.1f} | {new_ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""XMAILLAB-ONCE's lookup: what it finds, and that its work never depends on what a body holds.
+
+Speed belongs in a benchmark (bench/isolation.py); these tests count work instead: traces
+parsed and bytes read, which do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from maillab_common.forward import (
+    Delivery,
+    Record,
+    parse_records,
+    render_record,
+    same_delivery,
+    to_mbox_line_endings,
+)
+from maillab_server import store as store_module
+from maillab_server.store import ForwardStore
+from tests.unit.test_forward_format import BASE
+
+DOMAIN = "a.test"
+
+
+def holds(store: ForwardStore, delivery: Delivery) -> bool:
+    """Whether an XMAILLAB-ONCE retry of `delivery` finds its copy (and so stores nothing)."""
+    path = store.root / DOMAIN
+    before = path.read_bytes() if path.exists() else b""
+    found = store.submit({DOMAIN: [render_record(delivery)]}, once={DOMAIN: delivery}).result(30) == (DOMAIN,)
+    if path.exists():  # back as it was, so that a test can ask again about the same bytes
+        path.write_bytes(before)
+    return found
+
+
+def message(subject: str, body: bytes = b"body\n") -> Delivery:
+    return replace(BASE, message=f"Subject: {subject}\n\n".encode() + body)
+
+
+def write(tmp_path: Path, *chunks: bytes) -> None:
+    (tmp_path / DOMAIN).write_bytes(b"".join(chunks))
+
+
+@contextmanager
+def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Counts, while it lasts, the traces the store parses and the bytes it reads with pread."""
+    counts: Counter[str] = Counter()
+
+    def counting(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            counts[name] += len(result) if name == "bytes read" else 1
+            return result
+
+        return wrapper
+
+    # Before this lookup, the store parsed records around each body match; now it parses traces.
+    for name in ("parse_records", "parse_trace"):
+        if hasattr(store_module, name):
+            monkeypatch.setattr(store_module, name, counting("traces parsed", getattr(store_module, name)))
+    monkeypatch.setattr(os, "pread", counting("bytes read", os.pread))
+    yield counts
+    monkeypatch.undo()
+
+
+def test_an_empty_body_parses_no_trace_of_a_large_record_it_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty body is in every line: a search for the body's bytes stops at each of them."""
+    large = message("large", b"\n" * 20_000)
+    write(tmp_path, render_record(large))
+    store = ForwardStore(tmp_path)
+    with counted(monkeypatch) as counts:
+        assert not holds(store, replace(BASE, message=b""))
+    assert counts["traces parsed"] <= 2, counts
+
+
+def test_a_retry_skips_the_body_of_a_large_record_it_has_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded by the window, a lookup still reads each byte once; a large record, only the first time."""
+    large = message("large", (b"x" * 999 + b"\n") * 2048)
+    write(tmp_path, render_record(large), render_record(message("after")))
+    store = ForwardStore(tmp_path)
+    tiny = replace(BASE, message=b"")
+    assert not holds(store, tiny)
+    with counted(monkeypatch) as counts:
+        for _ in range(10):
+            assert not holds(store, tiny)
+    assert counts["bytes read"] < 2 * 1024 * 1024 // 10, counts  # ten lookups read less than a tenth of it
+    with counted(monkeypatch) as counts:
+        assert holds(store, large)  # a remembered record is still a copy: its body is read once, to compare
+    assert counts["bytes read"] < 2 * 1024 * 1024 + 64 * 1024, counts
+
+
+def test_the_copy_found_is_the_last_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = message("copy", b"x" * 5_000_000 + b"\n")
+    write(tmp_path, render_record(message("before")), render_record(copy))
+    with counted(monkeypatch) as counts:
+        assert holds(ForwardStore(tmp_path), copy)
+    # its body read once to compare, and its file once to find it: no more
+    assert counts["bytes read"] < 2 * len(render_record(copy)) + 64 * 1024, counts
+
+
+def test_the_copy_is_found_a_few_records_back(tmp_path: Path) -> None:
+    copy = message("copy", b"the body\n")
+    same_length_other_bytes = message("copy", b"the bodY\n")
+    write(
+        tmp_path,
+        render_record(message("first")),
+        render_record(copy),
+        render_record(same_length_other_bytes),
+        render_record(replace(copy, mail_from="other@example.test")),
+        render_record(replace(copy, rcpt_tos=("carol@example.test",))),
+        render_record(message("last")),
+    )
+    assert holds(ForwardStore(tmp_path), copy)
+
+
+def test_a_body_that_differs_only_in_its_last_byte_is_not_a_copy(tmp_path: Path) -> None:
+    stored = message("copy", b"x" * 3_000_000 + b"a\n")
+    write(tmp_path, render_record(stored))
+    assert not holds(ForwardStore(tmp_path), replace(stored, message=stored.message[:-2] + b"b\n"))
+    assert holds(ForwardStore(tmp_path), stored)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"mail_from": "other@example.test"},
+        {"mail_from": ""},
+        {"rcpt_tos": ("bob@example.test", "carol@example.test")},
+        {"rcpt_tos": ("carol@example.test",)},
+    ],
+    ids=["sender", "null sender", "one recipient more", "another recipient"],
+)
+def test_another_envelope_is_not_a_copy(tmp_path: Path, other: dict[str, Any]) -> None:
+    stored = message("copy")
+    write(tmp_path, render_record(stored))
+    assert not holds(ForwardStore(tmp_path), replace(stored, **other))
+
+
+def test_a_copy_cut_by_the_edge_of_the_window_is_not_found(tmp_path: Path) -> None:
+    copy = message("copy", b"y" * 300_000 + b"\n")
+    record = render_record(copy)
+    write(tmp_path, render_record(message("before", b"z" * 300_000 + b"\n")), record)
+    assert holds(ForwardStore(tmp_path, recent_window=len(record)), copy)
+    assert not holds(ForwardStore(tmp_path, recent_window=len(record) - 1), copy)
+    # Remembered as a large record by one lookup, it is still looked at within the window only.
+    store = ForwardStore(tmp_path)
+    assert holds(store, copy)
+    store.recent_window = len(record) - 1
+    assert not holds(store, copy)
+
+
+def test_damage_before_the_copy_does_not_hide_it(tmp_path: Path) -> None:
+    copy = message("copy", b"From here\n>From there\n")
+    write(
+        tmp_path,
+        b"hand-written notes\nFrom nobody, no trace\n",
+        render_record(copy)[:-40],  # a torn record, as a crash leaves it (before the repair)
+        b"\n",
+        render_record(copy),
+        b"\nmore notes, no blank line at the end",
+    )
+    assert holds(ForwardStore(tmp_path), copy)
+
+
+def test_a_torn_copy_is_not_a_copy(tmp_path: Path) -> None:
+    copy = message("copy")
+    write(tmp_path, render_record(copy)[:-1])
+    assert not holds(ForwardStore(tmp_path), copy)
+
+
+def test_a_body_that_holds_a_trace_is_not_taken_for_one(tmp_path: Path) -> None:
+    """A body may quote a whole record, trace and all: stored escaped, its From line starts no record."""
+    copy = message("copy")
+    write(tmp_path, render_record(message("quote", render_record(copy))))
+    assert not holds(ForwardStore(tmp_path), copy)
+
+
+def test_a_changed_file_is_looked_at_again_not_remembered(tmp_path: Path) -> None:
+    copy = message("copy", b"c" * 400_000 + b"\n")
+    large = render_record(message("large", b"l" * 400_000 + b"\n"))
+    write(tmp_path, large, render_record(copy))
+    store = ForwardStore(tmp_path)
+    assert holds(store, copy)
+    # The same file (the same inode), cut and written again: the large record is elsewhere now.
+    with (tmp_path / DOMAIN).open("r+b") as file:
+        file.truncate(0)
+        file.write(render_record(copy) + large)
+    assert holds(store, copy)
+    with (tmp_path / DOMAIN).open("r+b") as file:
+        file.truncate(0)
+        file.write(large[:-10] + b"xxxxxxxxx\n" + render_record(message("other")))
+    assert not holds(store, copy)
+
+
+# The lookup against the definition, on random files: a copy is a complete record, as
+# parse_records reads the file, that starts within the window, has the From line the
+# server writes for its sender, and is the same delivery.
+BODIES = [b"", b"\n", b"x\n", b"x", b"From me\n", b">From me\n", b"body\n", b"bodY\n", b"a\nb\nc\n" * 40]
+POOL = [
+    replace(BASE, message=body, mail_from=sender, rcpt_tos=rcpts)
+    for body in BODIES
+    for sender in ("alice@example.test", "")
+    for rcpts in (("bob@example.test",), ("bob@example.test", "carol@example.test"))
+]
+pieces = st.one_of(
+    st.sampled_from(POOL).map(render_record),
+    st.sampled_from(POOL).map(lambda delivery: render_record(delivery)[:-3]),  # torn, then damage
+    st.sampled_from([b"\n", b"From x\n", b"notes\n", b"\nFrom ", b"X-Maillab-Length: 1\n"]),
+)
+
+
+def defined_holds(data: bytes, floor: int, delivery: Delivery) -> bool:
+    delivery = replace(delivery, message=to_mbox_line_endings(delivery.message))  # as the handler gives it
+    # The From line the server writes, up to its date: a hand-made one is damage.
+    from_line = render_record(delivery).split(b"\n", 1)[0][: -len("Sat Nov 28 09:05:07 2026")]
+    items, _ = parse_records(data)
+    return any(
+        isinstance(item, Record)
+        and item.offset >= floor
+        and data.startswith(from_line, item.offset)
+        and same_delivery(item.delivery, delivery)
+        for item in items
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(
+    st.lists(st.lists(pieces, max_size=12), min_size=1, max_size=3),
+    st.sampled_from(POOL),
+    st.integers(min_value=100, max_value=5000),
+    st.sampled_from([0, 40, 4096]),
+)
+def test_the_lookup_finds_what_the_definition_does(
+    growth: list[list[bytes]], wanted: Delivery, window: int, overlap: int
+) -> None:
+    """Small reads and a small "large", so that every edge is crossed; the file grows between lookups."""
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_LOOKUP_CHUNK", 64)
+        patch.setattr(store_module, "_COMPARE_CHUNK", 7)
+        patch.setattr(store_module, "_SPAN_MIN", 100)
+        patch.setattr(store_module, "_OVERLAP", overlap)
+        store = ForwardStore(Path(folder), recent_window=window)
+        data = b""
+        for pieces_added in growth:
+            data += b"".join(pieces_added)
+            (Path(folder) / DOMAIN).write_bytes(data)
+            floor = max(0, len(data) - window)
+            assert holds(store, wanted) == defined_holds(data, floor, wanted)
