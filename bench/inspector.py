@@ -11,7 +11,6 @@ folder. Prints a markdown table; docs/benchmarks.md keeps the latest results.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import resource
@@ -30,6 +29,7 @@ from bench.common import free_port, percentile, start_process, stop_process, wai
 from maillab_common.forward import Delivery, Record, render_record
 from maillab_inspector.render import headers_shown, parse_headers, summarize
 from maillab_inspector.tail import ForwardTail
+from tests.hostile import HOSTILE_MESSAGES
 
 ONE_KIB_BODY = (b"x" * 98 + b"\r\n") * 10
 
@@ -197,47 +197,10 @@ def many_domains(work: Path, files: int, sweeps: int = 20) -> dict[str, float]:
     return {"first_s": first_seconds, "idle_ms": statistics.median(idle) * 1000, "list_s": list_seconds}
 
 
-ENCODED_WORD = "=?utf-8?b?" + base64.b64encode("é".encode() * 3).decode() + "?="
-PARAMETERS = "".join(f"; p{n}=v" for n in range(2000))
-
-
-def _parameter_fields(part: int, size: int) -> str:
-    parameters = "".join(f";{part}p{n}=v" for n in range(size // (len(str(part)) + 6)))
-    return f"Content-Type: text/plain{parameters}\nContent-Disposition: attachment{parameters}\n\nx"
-
-
-def _parts(parts: list[str]) -> bytes:
-    body = "".join(f"--b\n{part}\n" for part in parts)
-    return f"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n{body}--b--\n".encode()
-
-
-# The worst messages found for the email package, each as it would be stored.
-HOSTILE = {
-    "a Subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([ENCODED_WORD] * 26_000)}\n\nx\n".encode(),
-    "100,000 attachments": _parts(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
-    "500 parts, each 2,000 parameters": _parts(
-        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
-    ),
-    **{
-        f"1,000 parts of {size:,}-byte parameter fields, each different": _parts(
-            [_parameter_fields(part, size) for part in range(1000)]
-        )
-        for size in (512, 2048, 8192)
-    },
-    "100,000 header fields of encoded words": (
-        "".join(f"X-H{n}: {ENCODED_WORD} {ENCODED_WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
-    ).encode(),
-    "a To of 100,000 addresses": f"To: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
-    "MIME nested 3,000 deep": b"".join(
-        b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (n, n) for n in range(3000)
-    ),
-}
-
-
 def hostile_messages() -> dict[str, tuple[float, float]]:
     """Seconds to summarise each hostile message (what watch, list and verify do) and to decode its headers (show)."""
     times = {}
-    for name, message in HOSTILE.items():
+    for name, message in HOSTILE_MESSAGES.items():
         record = Record(offset=0, length=len(message), delivery=synthetic(message))
         started = time.perf_counter()
         summarize("bench.test", record)

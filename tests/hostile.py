@@ -9,6 +9,7 @@ payload survived as a control sequence.
 
 from __future__ import annotations
 
+import base64
 import os
 import pty
 import select
@@ -113,3 +114,47 @@ def run_in_pty(
         code = process.wait()
     os.close(leader)
     return code, bytes(output)
+
+
+# Hostile messages: the worst found for the email package's header parser and MIME walk,
+# each as it would be stored. tests/unit/test_inspector_bounds.py counts what the inspector
+# spends on each; bench/inspector.py times them.
+ENCODED_WORD = "=?utf-8?b?" + base64.b64encode("é".encode() * 3).decode() + "?="
+PARAMETERS = "".join(f"; p{n}=v" for n in range(2000))
+
+
+def multipart(parts: list[str]) -> bytes:
+    """A multipart/mixed message with Subject "parts" of these parts (each its headers, a blank line, a body)."""
+    body = "".join(f"--b\n{part}\n" for part in parts)
+    return f"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n{body}--b--\n".encode()
+
+
+def _parameter_fields(part: int, size: int) -> str:
+    parameters = "".join(f";{part}p{n}=v" for n in range(size // (len(str(part)) + 6)))
+    return f"Content-Type: text/plain{parameters}\nContent-Disposition: attachment{parameters}\n\nx"
+
+
+HOSTILE_MESSAGES = {
+    "a subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([ENCODED_WORD] * 26_000)}\n\nx\n".encode(),
+    "100,000 MIME parts": multipart(["\nx"] * 100_000),
+    "100,000 attachments": multipart(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
+    "500 parts with 2,000 parameters each": multipart(
+        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
+    ),
+    **{
+        f"1,000 parts of {size:,}-byte parameter fields, each different": multipart(
+            [_parameter_fields(part, size) for part in range(1000)]
+        )
+        for size in (512, 2048, 8192)
+    },
+    "a Content-Type with 100,000 parameters": (
+        f"Subject: p\nContent-Type: multipart/mixed{''.join(f'; p{n}=v' for n in range(100_000))}; boundary=b\n\n"
+        "--b\n\nx\n--b--\n"
+    ).encode(),
+    "100,000 header fields of encoded words": (
+        "".join(f"X-H{n}: {ENCODED_WORD} {ENCODED_WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
+    ).encode(),
+    "a To of 100,000 addresses": f"Subject: s\nTo: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
+    "MIME nested 3,000 deep": b"Subject: nested\n"
+    + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (n, n) for n in range(3000)),
+}

@@ -278,7 +278,7 @@ def test_sizes_are_parsed_in_linear_time() -> None:
     # the old pattern backtracked over every split of the spaces: minutes for 100 000
     with pytest.raises(BadInput):
         parse_size("1" + " " * 200_000 + "x")
-    assert parse_size("  3 GiB ".replace("3", "1")) == 1024**3
+    assert parse_size("  1 GiB ") == 1024**3
 
 
 def test_a_structured_header_the_email_package_cannot_parse_is_bad_input() -> None:

@@ -9,10 +9,11 @@ fails at once instead of taking minutes. bench/inspector.py has the times.
 
 from __future__ import annotations
 
-import base64
 import email.feedparser
 import email.headerregistry
 import email.message
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,35 +31,11 @@ from maillab_inspector.render import (
     parse_headers,
     summarize,
 )
+from tests.hostile import ENCODED_WORD as WORD
+from tests.hostile import HOSTILE_MESSAGES as HOSTILE
+from tests.hostile import multipart
 from tests.unit.test_forward_format import BASE
 from tests.unit.test_inspector_cli import inspector
-
-WORD = "=?utf-8?b?" + base64.b64encode("é".encode() * 3).decode() + "?="
-PARAMETERS = "".join(f"; p{n}=v" for n in range(2000))
-
-
-def multipart(parts: list[str]) -> bytes:
-    body = "".join(f"--b\n{part}\n" for part in parts)
-    return f"Subject: parts\nContent-Type: multipart/mixed; boundary=b\n\n{body}--b--\n".encode()
-
-
-# Each: a message that costs the old inspector from seconds to minutes to summarise.
-HOSTILE = {
-    "a subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([WORD] * 26_000)}\n\nx\n".encode(),
-    "100,000 MIME parts": multipart(["\nx"] * 100_000),
-    "100,000 attachments": multipart(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
-    "500 parts with 2,000 parameters each": multipart(
-        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
-    ),
-    "a Content-Type with 100,000 parameters": (
-        f"Subject: p\nContent-Type: multipart/mixed{''.join(f'; p{n}=v' for n in range(100_000))}; boundary=b\n\n"
-        "--b\n\nx\n--b--\n"
-    ).encode(),
-    "100,000 header fields of encoded words": (
-        "".join(f"X-H{n}: {WORD} {WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
-    ).encode(),
-    "a To of 100,000 addresses": f"Subject: s\nTo: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
-}
 
 
 class Exceeded(Exception):
@@ -190,3 +167,37 @@ def test_show_of_a_huge_message_prints_every_header(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "X-H0: éééééé" in result.stdout, "decoded while the budget lasts"
     assert f"X-H99999: {WORD} {WORD}" in result.stdout, "as stored after"
+
+
+def test_show_and_verify_read_whole_a_message_past_a_summarys_bounds(tmp_path: Path) -> None:
+    # 1,200 small attachments: past a summary's part budget (watch and list show its headers),
+    # an ordinary message all the same, which show must print and verify must not call corrupted.
+    count = MAX_PARTS + 200
+    parts = [f"Content-Disposition: attachment; filename=a{n}.txt\n\nx{n}" for n in range(count)]
+    message = multipart(["Content-Type: text/plain\n\nthe text body", *parts]).replace(
+        b"Subject: parts\n", b"Subject: many\nMessage-ID: <many@x.test>\n"
+    )
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    stored = render_record(replace(BASE, message=message, rcpt_tos=("bob@a.test",)))
+    (forward / "a.test").write_bytes(stored)
+    summary = summarize("a.test", Record(offset=0, length=len(stored), delivery=replace(BASE, message=message)))
+    assert "MIME parts" in summary.problem and summary.attachments == ()
+
+    shown = inspector(forward, "show", "many@x.test")
+    assert shown.returncode == 0, shown.stderr
+    assert "the text body" in shown.stdout
+
+    digests = [hashlib.sha256(f"x{n}".encode()).hexdigest() for n in range(count)]
+    entry = {
+        "message_id": "<many@x.test>",
+        "rcpt_tos": ["bob@a.test"],
+        "subject": "many",
+        "accepted": True,
+        "attachments": [{"filename": f"a{n}.txt", "sha256": digests[n]} for n in range(count)],
+    }
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"messages": [entry]}))
+    verified = inspector(forward, "verify", "--manifest", str(manifest), "--timeout", "0")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "delivered 1" in verified.stdout and "corrupted 0" in verified.stdout

@@ -151,16 +151,25 @@ def test_the_auth_delay_holds_up_only_its_own_session(
     server = start_server(auth_users=(("lab", "secret"),))
     with connect(server) as guesser, connect(server) as other:
         guesser.ehlo()
-        for _ in range(protocol.AUTH_FAILURES_BEFORE_CLOSE):
-            assert guesser.docmd("AUTH", wrong_plain())[0] == 535
-        guesser.send(b"NOOP\r\n")
+        assert guesser.docmd("AUTH", wrong_plain())[0] == 535, "a first wrong password is answered at once"
+        guesser.send(f"AUTH {wrong_plain()}\r\n".encode())
         assert guesser.sock is not None
         guesser.sock.settimeout(0.5)
         with pytest.raises(smtplib.SMTPServerDisconnected, match="timed out"):
-            guesser.getreply()  # no reply: waiting out its delay
+            guesser.getreply()  # the second guess's own answer waits out the delay
         other.ehlo()
         other.login("lab", "secret")
         assert other.sendmail("a@x.test", ["b@one.test"], MESSAGE) == {}
+
+
+def test_only_wrong_credentials_count_as_failed_attempts(start_server: StartServer) -> None:
+    server = start_server(auth_users=(("lab", "secret"),))
+    with connect(server) as client:
+        client.ehlo()
+        for _ in range(protocol.AUTH_FAILURES_BEFORE_CLOSE + 2):
+            assert client.docmd("AUTH", "NO-SUCH-MECHANISM")[0] == 504
+        assert client.noop()[0] == 250
+        client.login("lab", "secret")
 
 
 def test_a_login_after_failures_below_the_limit_succeeds(start_server: StartServer) -> None:

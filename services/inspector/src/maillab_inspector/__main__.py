@@ -35,6 +35,7 @@ from maillab_common.settings import ConfigError
 from maillab_common.text import visible
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.render import (
+    Budget,
     MessageSummary,
     as_json,
     as_line,
@@ -45,6 +46,7 @@ from maillab_inspector.render import (
     read_contents,
     shown,
     summarize,
+    thorough_budget,
 )
 from maillab_inspector.state import load_positions, save_positions
 from maillab_inspector.tail import ForwardTail
@@ -221,7 +223,7 @@ def show(
         for header, value in headers_shown(headers):
             out.print(Text(f"{visible(header)}: {visible(value)}"))
         out.print()
-        contents = read_contents(item)
+        contents = read_contents(item, thorough_budget())
         if contents.problem:
             fail(f"the body and attachments cannot be shown: {contents.problem}", 1)
         # Line by line, so that line ends stay line ends and every other control (NEL and
@@ -271,6 +273,8 @@ def verify(
                     continue
                 summary = _summary(name, item)
                 if summary is not None and (summary.message_id, name) in wanted:
+                    if summary.problem:  # past a summary's budget, perhaps: a batch's own message is read whole
+                        summary = _summary(name, item, thorough_budget()) or summary
                     found.setdefault((summary.message_id, name), []).append(summary)
             progress.update(task, completed=len(found))
             if len(found) == len(wanted) or time.monotonic() >= deadline:
@@ -338,9 +342,9 @@ def _start_observer(root: Path, handler: FileSystemEventHandler, observer: BaseO
     return observer
 
 
-def _summary(domain: str, record: Record) -> MessageSummary | None:
+def _summary(domain: str, record: Record, budget: Budget | None = None) -> MessageSummary | None:
     try:
-        summary = summarize(domain, record)
+        summary = summarize(domain, record, budget)
     except Exception as exc:  # a message the email package cannot take apart must not stop the inspector
         log.warning("%s: the message at offset %d cannot be summarised: %s", domain, record.offset, exc)
         return None

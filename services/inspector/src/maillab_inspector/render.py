@@ -55,6 +55,10 @@ QUADRATIC = 4096
 SHOW_HEADER_BUDGET = 512 * 1024
 # MIME parts a summary takes apart; about as many as the email package can nest.
 MAX_PARTS = 1_000
+# What `show` and `verify` may spend on one message they were asked about: far more than a
+# summary (a legitimate message of 20,000 attachments is read whole), still bounded.
+THOROUGH_HEADER_BUDGET = 32 * 1024 * 1024
+THOROUGH_PARTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,11 @@ class Budget:
         self.parts -= 1
         if self.parts < 0:
             raise TooMuchWork(f"more than {self._limits[1]:,} MIME parts: headers only")
+
+
+def thorough_budget() -> Budget:
+    """The budget of `show` and `verify`, which read one message a person asked about."""
+    return Budget(header_characters=THOROUGH_HEADER_BUDGET, parts=THOROUGH_PARTS)
 
 
 class BoundedPolicy(EmailPolicy):
@@ -173,10 +182,10 @@ class Contents:
     problem: str = ""  # why the body and attachments are missing, when they are
 
 
-def read_contents(record: Record) -> Contents:
+def read_contents(record: Record, budget: Budget | None = None) -> Contents:
     """The message taken apart; from its headers only where the email package cannot do more."""
     try:
-        message = parse_message(record)
+        message = parse_message(record, budget)
         return Contents(message, text_body(message), attachment_payloads(message))
     except RecursionError:
         return Contents(parse_headers(record), "", [], TOO_DEEP)
@@ -186,9 +195,9 @@ def read_contents(record: Record) -> Contents:
         return Contents(parse_headers(record), "", [], f"MIME parts unreadable ({type(exc).__name__}): headers only")
 
 
-def summarize(domain: str, record: Record) -> MessageSummary:
+def summarize(domain: str, record: Record, budget: Budget | None = None) -> MessageSummary:
     delivery = record.delivery
-    contents = read_contents(record)
+    contents = read_contents(record, budget)
     message = contents.headers
     problems = [contents.problem] if contents.problem else []
     problems += [

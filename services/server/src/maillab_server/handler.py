@@ -133,27 +133,29 @@ class ForwardHandler:
             message = b""
             body = spool
             length = spool.length
-        peer: Any = session.peer
-        template = Delivery(
-            # aiosmtpd keeps the null sender as "<>" (an empty one would read as no MAIL yet)
-            mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
-            rcpt_tos=(),
-            received_at=datetime.now(UTC).replace(microsecond=0),
-            transaction_id=transaction_id,
-            helo=trace_safe(session.host_name or ""),
-            peer=trace_safe(str(peer[0]) if isinstance(peer, tuple) else str(peer)),
-            server_name=trace_safe(self._config.hostname),
-            tls=session.ssl is not None,
-            message=message,
-        )
-        groups = group_by_domain(envelope.rcpt_tos)
-        body_length = len(body) if isinstance(body, bytes) else body.length
-        deliveries = {domain: replace(template, rcpt_tos=rcpts) for domain, rcpts in groups.items()}
-        records = {
-            domain: (render_trace(delivery, body_length), body, RECORD_END) for domain, delivery in deliveries.items()
-        }
-        once = deliveries if ONCE in envelope.mail_options else None
+        # Until the store has the spool, nothing may leave it open: every way out closes it.
         try:
+            peer: Any = session.peer
+            template = Delivery(
+                # aiosmtpd keeps the null sender as "<>" (an empty one would read as no MAIL yet)
+                mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
+                rcpt_tos=(),
+                received_at=datetime.now(UTC).replace(microsecond=0),
+                transaction_id=transaction_id,
+                helo=trace_safe(session.host_name or ""),
+                peer=trace_safe(str(peer[0]) if isinstance(peer, tuple) else str(peer)),
+                server_name=trace_safe(self._config.hostname),
+                tls=session.ssl is not None,
+                message=message,
+            )
+            groups = group_by_domain(envelope.rcpt_tos)
+            body_length = len(body) if isinstance(body, bytes) else body.length
+            deliveries = {domain: replace(template, rcpt_tos=rcpts) for domain, rcpts in groups.items()}
+            records = {
+                domain: (render_trace(delivery, body_length), body, RECORD_END)
+                for domain, delivery in deliveries.items()
+            }
+            once = deliveries if ONCE in envelope.mail_options else None
             future = self._store.submit(records, once=once)
         except BaseException:
             if spool is not None:

@@ -34,10 +34,12 @@ _DATA_READ = 256 * 1024
 # C0, DEL and C1 (CSI, OSC ...), line separators and bidi controls: what maillab_common.text
 # shows as escapes in logs goes back to a client as "?".
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-# A client that fails AUTH this many times in one connection waits, then is closed with 421:
-# at most three guesses per connection, and each connection costs a guesser two seconds.
+# Wrong credentials (535): the second and third answers each come two seconds late, and the
+# third is followed by 421 and a close. At most three guesses per connection, and every
+# guess after a connection's first costs the guesser two seconds, whether it stays or not.
 AUTH_FAILURES_BEFORE_CLOSE = 3
 AUTH_FAILURE_DELAY = 2.0  # seconds; an asyncio.sleep, so other sessions go on meanwhile
+_CREDENTIALS_INVALID = "535 "
 
 
 class Sessions:
@@ -100,13 +102,12 @@ class LabSMTP(SMTP):
         if not self.auth_enabled:
             await self.push("502 5.5.1 AUTH not available: this server has no users")
             return
-        await super().smtp_AUTH(arg)
-        if self.session is None or self.session.authenticated:
+        failures = self._auth_failures
+        await super().smtp_AUTH(arg)  # its 535 reply goes through push(), which counts and delays it
+        if self.session is None or self._auth_failures == failures:
             return
-        self._auth_failures += 1
         if self._auth_failures >= AUTH_FAILURES_BEFORE_CLOSE:
             log.warning("closing %r after %d failed AUTH attempts", self.session.peer, self._auth_failures)
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
             await self.close_with_421("too many failed AUTH attempts")
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -189,6 +190,12 @@ class LabSMTP(SMTP):
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
         # recognized'); a CR, NUL or other control byte there would break the reply's line.
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if text.startswith(_CREDENTIALS_INVALID):
+            # A wrong password: from the second on, its answer comes late, so that a guesser
+            # cannot hang up and try again at once (an asyncio.sleep: other sessions go on).
+            self._auth_failures += 1
+            if self._auth_failures > 1:
+                await asyncio.sleep(AUTH_FAILURE_DELAY)
         if not text.isprintable():
             # Control bytes, and the surrogates that undecodable client bytes become, go as "?".
             text = _CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
