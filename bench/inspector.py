@@ -29,7 +29,7 @@ from bench.common import free_port, percentile, start_process, stop_process, wai
 from maillab_common.forward import Delivery, Record, render_record
 from maillab_inspector.render import headers_shown, parse_headers, summarize
 from maillab_inspector.tail import ForwardTail
-from tests.hostile import HOSTILE_MESSAGES
+from tests import hostile
 
 ONE_KIB_BODY = (b"x" * 98 + b"\r\n") * 10
 
@@ -197,10 +197,10 @@ def many_domains(work: Path, files: int, sweeps: int = 20) -> dict[str, float]:
     return {"first_s": first_seconds, "idle_ms": statistics.median(idle) * 1000, "list_s": list_seconds}
 
 
-def hostile_messages() -> dict[str, tuple[float, float]]:
+def hostile_message_times() -> dict[str, tuple[float, float]]:
     """Seconds to summarise each hostile message (what watch, list and verify do) and to decode its headers (show)."""
     times = {}
-    for name, message in HOSTILE_MESSAGES.items():
+    for name, message in hostile.hostile_messages().items():
         record = Record(offset=0, length=len(message), delivery=synthetic(message))
         started = time.perf_counter()
         summarize("bench.test", record)
@@ -245,7 +245,7 @@ def main() -> None:
                 f"{domains['first_s']:.2f} s, {domains['idle_ms']:.0f} ms, {domains['list_s']:.1f} s |"
             )
         if "hostile" in only:
-            for name, (summary, shown) in hostile_messages().items():
+            for name, (summary, shown) in hostile_message_times().items():
                 measure = f"hostile message, {name}: summary (watch, list), headers (show)"
                 print(f"| {measure} | {summary:.2f} s, {shown:.2f} s |")
 

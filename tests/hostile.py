@@ -10,6 +10,7 @@ payload survived as a control sequence.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import pty
 import select
@@ -134,27 +135,33 @@ def _parameter_fields(part: int, size: int) -> str:
     return f"Content-Type: text/plain{parameters}\nContent-Disposition: attachment{parameters}\n\nx"
 
 
-HOSTILE_MESSAGES = {
-    "a subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([ENCODED_WORD] * 26_000)}\n\nx\n".encode(),
-    "100,000 MIME parts": multipart(["\nx"] * 100_000),
-    "100,000 attachments": multipart(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
-    "500 parts with 2,000 parameters each": multipart(
-        [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
-    ),
-    **{
-        f"1,000 parts of {size:,}-byte parameter fields, each different": multipart(
-            [_parameter_fields(part, size) for part in range(1000)]
-        )
-        for size in (512, 2048, 8192)
-    },
-    "a Content-Type with 100,000 parameters": (
-        f"Subject: p\nContent-Type: multipart/mixed{''.join(f'; p{n}=v' for n in range(100_000))}; boundary=b\n\n"
-        "--b\n\nx\n--b--\n"
-    ).encode(),
-    "100,000 header fields of encoded words": (
-        "".join(f"X-H{n}: {ENCODED_WORD} {ENCODED_WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
-    ).encode(),
-    "a To of 100,000 addresses": f"Subject: s\nTo: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode(),
-    "MIME nested 3,000 deep": b"Subject: nested\n"
-    + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (n, n) for n in range(3000)),
-}
+@functools.cache
+def hostile_messages() -> dict[str, bytes]:
+    """The corpus, built on first use: about 100 MB, which a benchmark must not hold while it
+    measures another process's memory (a forked child's peak RSS counts its parent's pages)."""
+    return {
+        "a subject of 26,000 encoded words (560 KB)": f"Subject: {' '.join([ENCODED_WORD] * 26_000)}\n\nx\n".encode(),
+        "100,000 MIME parts": multipart(["\nx"] * 100_000),
+        "100,000 attachments": multipart(["Content-Disposition: attachment; filename=a\n\nx"] * 100_000),
+        "500 parts with 2,000 parameters each": multipart(
+            [f"Content-Type: text/plain{PARAMETERS}\nContent-Disposition: attachment{PARAMETERS}\n\nx"] * 500
+        ),
+        **{
+            f"1,000 parts of {size:,}-byte parameter fields, each different": multipart(
+                [_parameter_fields(part, size) for part in range(1000)]
+            )
+            for size in (512, 2048, 8192)
+        },
+        "a Content-Type with 100,000 parameters": (
+            f"Subject: p\nContent-Type: multipart/mixed{''.join(f'; p{n}=v' for n in range(100_000))}; boundary=b\n\n"
+            "--b\n\nx\n--b--\n"
+        ).encode(),
+        "100,000 header fields of encoded words": (
+            "".join(f"X-H{n}: {ENCODED_WORD} {ENCODED_WORD}\n" for n in range(100_000)) + "Subject: s\n\nx\n"
+        ).encode(),
+        "a To of 100,000 addresses": (
+            f"Subject: s\nTo: {', '.join(f'u{n}@x.test' for n in range(100_000))}\n\nx\n".encode()
+        ),
+        "MIME nested 3,000 deep": b"Subject: nested\n"
+        + b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (n, n) for n in range(3000)),
+    }

@@ -32,10 +32,11 @@ from maillab_inspector.render import (
     summarize,
 )
 from tests.hostile import ENCODED_WORD as WORD
-from tests.hostile import HOSTILE_MESSAGES as HOSTILE
-from tests.hostile import multipart
+from tests.hostile import hostile_messages, multipart
 from tests.unit.test_forward_format import BASE
 from tests.unit.test_inspector_cli import inspector
+
+HOSTILE = hostile_messages()
 
 
 class Exceeded(Exception):
