@@ -205,3 +205,49 @@ def test_a_record_right_at_the_edge_of_the_window_is_found(tmp_path: Path) -> No
     assert exact.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)
     short = ForwardStore(tmp_path, recent_window=len(record) - 1)
     assert short.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ()
+
+
+def test_a_group_with_once_deliveries_commits_with_one_fsync_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An XMAILLAB-ONCE retry does not make the deliveries waiting with it go one at a time."""
+    for domain in ("victim.test", "hostile.test"):
+        (tmp_path / domain).touch()  # no file created: no fsync of the folder
+    store = ForwardStore(tmp_path)
+    victims = [replace(BASE, message=b"Subject: victim %d\n\nv\n" % number) for number in range(2)]
+    retries = [replace(BASE, mail_from="h@attack.test", message=body) for body in (b"n\n", b"nn\n")]
+    synced: Counter[str] = Counter()
+    fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] += 1
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    with store._wake:  # the committer takes them when all are waiting: one group
+        futures = [
+            store.submit({"victim.test": [render_record(victims[0])]}),
+            store.submit({"hostile.test": [render_record(retries[0])]}, once={"hostile.test": retries[0]}),
+            store.submit({"victim.test": [render_record(victims[1])]}),
+            store.submit({"hostile.test": [render_record(retries[1])]}, once={"hostile.test": retries[1]}),
+        ]
+    assert [future.result(10) for future in futures] == [(), (), (), ()]
+    assert synced == Counter({"victim.test": 1, "hostile.test": 1})
+    assert len(records(tmp_path, "victim.test")) == len(records(tmp_path, "hostile.test")) == 2
+
+
+def test_a_retry_in_the_same_group_as_its_first_attempt_finds_it(tmp_path: Path) -> None:
+    """Two attempts of one message in one group: the second sees the first stored, as one at a time."""
+    store = ForwardStore(tmp_path)
+    delivery = replace(BASE, message=b"Subject: twice\n\nx\n")
+    other = replace(BASE, message=b"Subject: twice\n\ny\n")  # the same envelope and length, other bytes
+    record = render_record(delivery)
+    with store._wake:
+        futures = [
+            store.submit({"a.test": [record]}),
+            store.submit({"a.test": [render_record(other)]}, once={"a.test": other}),
+            store.submit({"a.test": [record]}, once={"a.test": delivery}),
+            store.submit({"a.test": [record]}, once={"a.test": delivery}),
+        ]
+    assert [future.result(10) for future in futures] == [(), (), ("a.test",), ("a.test",)]
+    assert [r.delivery.message for r in records(tmp_path, "a.test")] == [delivery.message, other.message]

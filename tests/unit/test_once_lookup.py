@@ -23,11 +23,13 @@ from maillab_common.forward import (
     Delivery,
     Record,
     parse_records,
+    parse_trace,
+    render_body,
     render_record,
     same_delivery,
     to_mbox_line_endings,
 )
-from maillab_server import store as store_module
+from maillab_server import once as once_module
 from maillab_server.store import ForwardStore
 from tests.unit.test_forward_format import BASE
 
@@ -65,10 +67,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
         return wrapper
 
-    # Before this lookup, the store parsed records around each body match; now it parses traces.
-    for name in ("parse_records", "parse_trace"):
-        if hasattr(store_module, name):
-            monkeypatch.setattr(store_module, name, counting("traces parsed", getattr(store_module, name)))
+    monkeypatch.setattr(once_module, "parse_trace", counting("traces parsed", parse_trace))
     monkeypatch.setattr(os, "pread", counting("bytes read", os.pread))
     yield counts
     monkeypatch.undo()
@@ -87,7 +86,7 @@ def test_an_empty_body_parses_no_trace_of_a_large_record_it_is_not(
 
 
 def test_a_retry_skips_the_body_of_a_large_record_it_has_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bounded by the window, a lookup still reads each byte once; a large record, only the first time."""
+    """A lookup indexes each record once, by its trace: a large record's body is never read but to compare."""
     large = message("large", (b"x" * 999 + b"\n") * 2048)
     write(tmp_path, render_record(large), render_record(message("after")))
     store = ForwardStore(tmp_path)
@@ -98,7 +97,7 @@ def test_a_retry_skips_the_body_of_a_large_record_it_has_seen(tmp_path: Path, mo
             assert not holds(store, tiny)
     assert counts["bytes read"] < 2 * 1024 * 1024 // 10, counts  # ten lookups read less than a tenth of it
     with counted(monkeypatch) as counts:
-        assert holds(store, large)  # a remembered record is still a copy: its body is read once, to compare
+        assert holds(store, large)  # an indexed record is still a copy: its body is read once, to compare
     assert counts["bytes read"] < 2 * 1024 * 1024 + 64 * 1024, counts
 
 
@@ -155,7 +154,7 @@ def test_a_copy_cut_by_the_edge_of_the_window_is_not_found(tmp_path: Path) -> No
     write(tmp_path, render_record(message("before", b"z" * 300_000 + b"\n")), record)
     assert holds(ForwardStore(tmp_path, recent_window=len(record)), copy)
     assert not holds(ForwardStore(tmp_path, recent_window=len(record) - 1), copy)
-    # Remembered as a large record by one lookup, it is still looked at within the window only.
+    # Indexed by one lookup, it is still looked at within the window only.
     store = ForwardStore(tmp_path)
     assert holds(store, copy)
     store.recent_window = len(record) - 1
@@ -205,9 +204,76 @@ def test_a_changed_file_is_looked_at_again_not_remembered(tmp_path: Path) -> Non
     assert not holds(store, copy)
 
 
+def test_a_flood_of_stored_retries_is_indexed_once_not_searched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hostile client's pattern: its own domain full of its stored retries, every one of them a
+    candidate by its sender. After the first lookup, each reads only what was appended since the
+    one before, and its candidates: never the flood again."""
+
+    def retry(number: int) -> Delivery:
+        body = b"n%09d\n" % number if number % 2 else b"x" * (number % 97) + b"\n"  # same length, and others
+        return replace(BASE, mail_from="hostile@attack.test", message=body)
+
+    write(tmp_path, *(render_record(retry(number)) for number in range(4000)))
+    store = ForwardStore(tmp_path)
+    path = tmp_path / DOMAIN
+    assert store.submit({DOMAIN: [render_record(retry(3999))]}, once={DOMAIN: retry(3999)}).result(30)  # indexed
+    size_before = path.stat().st_size
+    largest = max(len(render_record(retry(number))) for number in range(4100))
+    for number in [*range(4000, 4060), *range(3990, 4000), *range(4000, 4010)]:  # new ones, then repeats
+        with counted(monkeypatch) as counts:
+            store.submit({DOMAIN: [render_record(retry(number))]}, once={DOMAIN: retry(number)}).result(30)
+        appended = path.stat().st_size - size_before
+        size_before = path.stat().st_size
+        bound = 4096 + once_module.MAX_CANDIDATES * largest + (len(render_record(retry(number))) - appended)
+        assert counts["bytes read"] <= bound, (number, counts, bound)
+    assert counts["traces parsed"] <= once_module.MAX_CANDIDATES + 2, counts
+
+
+def test_a_file_cut_back_or_replaced_is_indexed_anew(tmp_path: Path) -> None:
+    """The index is of one file as it grows: a shorter one, or another one, is indexed from scratch."""
+    copy = message("copy", b"c" * 1000 + b"\n")
+    before = render_record(message("before", b"b" * 3000 + b"\n"))
+    last = render_record(message("last"))
+    store = ForwardStore(tmp_path)
+    write(tmp_path, before, render_record(copy), last)
+    assert holds(store, copy)
+    # The same file, cut back and written again: shorter, with the same last bytes.
+    with (tmp_path / DOMAIN).open("r+b") as file:
+        file.truncate(0)
+        file.write(render_record(copy) + last)
+    assert holds(store, copy)
+    # Another file in its place, of the same size and the same last bytes, the records elsewhere.
+    write(tmp_path, before, render_record(copy), last)
+    assert holds(store, copy)
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(render_record(copy) + before + last)
+    os.replace(replacement, tmp_path / DOMAIN)
+    assert holds(store, copy)
+
+
+def test_the_index_holds_a_bounded_number_of_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_ENTRIES, the index looked in least recently goes, then the oldest records of the one looked in."""
+    monkeypatch.setattr(once_module, "MAX_ENTRIES", 50)
+    store = ForwardStore(tmp_path)
+    copies = {domain: message(f"copy {domain}") for domain in ("a.test", "b.test")}
+    for domain, copy in copies.items():
+        others = (render_record(message(f"{domain} {number}")) for number in range(40))
+        (tmp_path / domain).write_bytes(b"".join(others) + render_record(copy))
+        assert store.submit({domain: [render_record(copy)]}, once={domain: copy}).result(30) == (domain,)
+    index = store._copies
+    assert list(index._files) == ["b.test"] and index._entries == 41  # a.test's index went
+    first = message("a.test 0")
+    (tmp_path / "b.test").write_bytes((tmp_path / "b.test").read_bytes() + render_record(first) * 20)
+    assert store.submit({"b.test": [render_record(first)]}, once={"b.test": first}).result(30) == ("b.test",)
+    assert index._entries == 50  # its oldest records forgotten, its newest found
+
+
 # The lookup against the definition, on random files: a copy is a complete record, as
 # parse_records reads the file, that starts within the window, has the From line the
-# server writes for its sender, and is the same delivery.
+# server writes for its sender, and is the same delivery; and is among the newest
+# MAX_CANDIDATES such records of its envelope and body length.
 BODIES = [b"", b"\n", b"x\n", b"x", b"From me\n", b">From me\n", b"body\n", b"bodY\n", b"a\nb\nc\n" * 40]
 POOL = [
     replace(BASE, message=body, mail_from=sender, rcpt_tos=rcpts)
@@ -222,40 +288,51 @@ pieces = st.one_of(
 )
 
 
-def defined_holds(data: bytes, floor: int, delivery: Delivery) -> bool:
+def defined_holds(data: bytes, floor: int, delivery: Delivery, candidates: int) -> bool:
     delivery = replace(delivery, message=to_mbox_line_endings(delivery.message))  # as the handler gives it
     # The From line the server writes, up to its date: a hand-made one is damage.
     from_line = render_record(delivery).split(b"\n", 1)[0][: -len("Sat Nov 28 09:05:07 2026")]
+    body_length = len(render_body(delivery.message))
     items, _ = parse_records(data)
-    return any(
-        isinstance(item, Record)
+    same_key = [
+        item
+        for item in items
+        if isinstance(item, Record)
         and item.offset >= floor
         and data.startswith(from_line, item.offset)
-        and same_delivery(item.delivery, delivery)
-        for item in items
-    )
+        and (item.delivery.mail_from, item.delivery.rcpt_tos) == (delivery.mail_from, delivery.rcpt_tos)
+        and item.length - trace_length(data, item.offset) - 1 == body_length
+    ]
+    return any(same_delivery(item.delivery, delivery) for item in same_key[-candidates:])
+
+
+def trace_length(data: bytes, offset: int) -> int:
+    trace = parse_trace(data, offset)
+    assert trace is not None
+    return trace.length
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(
-    st.lists(st.lists(pieces, max_size=12), min_size=1, max_size=3),
+    st.lists(st.tuples(st.booleans(), st.lists(pieces, max_size=12)), min_size=1, max_size=3),
     st.sampled_from(POOL),
     st.integers(min_value=100, max_value=5000),
-    st.sampled_from([0, 40, 4096]),
+    st.sampled_from([8, 64, 4096]),
+    st.sampled_from([1, 2, 8]),
 )
 def test_the_lookup_finds_what_the_definition_does(
-    growth: list[list[bytes]], wanted: Delivery, window: int, overlap: int
+    growth: list[tuple[bool, list[bytes]]], wanted: Delivery, window: int, trace_read: int, candidates: int
 ) -> None:
-    """Small reads and a small "large", so that every edge is crossed; the file grows between lookups."""
+    """Small reads, so that every edge is crossed; the file grows between lookups, or is written anew."""
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(store_module, "_LOOKUP_CHUNK", 64)
-        patch.setattr(store_module, "_COMPARE_CHUNK", 7)
-        patch.setattr(store_module, "_SPAN_MIN", 100)
-        patch.setattr(store_module, "_OVERLAP", overlap)
+        patch.setattr(once_module, "_TRACE_READ", trace_read)
+        patch.setattr(once_module, "_SEARCH_CHUNK", 16)
+        patch.setattr(once_module, "_COMPARE_CHUNK", 7)
+        patch.setattr(once_module, "MAX_CANDIDATES", candidates)
         store = ForwardStore(Path(folder), recent_window=window)
         data = b""
-        for pieces_added in growth:
-            data += b"".join(pieces_added)
+        for anew, pieces_added in growth:
+            data = (b"" if anew else data) + b"".join(pieces_added)
             (Path(folder) / DOMAIN).write_bytes(data)
             floor = max(0, len(data) - window)
-            assert holds(store, wanted) == defined_holds(data, floor, wanted)
+            assert holds(store, wanted) == defined_holds(data, floor, wanted, candidates)

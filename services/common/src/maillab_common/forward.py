@@ -330,31 +330,8 @@ def parse_trace(buf: bytes, pos: int = 0) -> Trace | None:
     )
 
 
-def trace_pattern(mail_from: str, rcpt_tos: tuple[str, ...], body_length: int) -> re.Pattern[bytes]:
-    """What finds the trace blocks of one envelope and body length in a forward file's bytes.
-
-    A match is the LF before a record's From line up to the end of its length header, so
-    that a search runs at the speed of a substring search: it starts with a literal, and
-    a body can never hold it, since a body line that starts "From " is stored escaped. A
-    record at the very start of a file has no LF before it: search `b"\\n" + buf` there.
-    A match is a candidate only, `parse_trace` is the check: its Received lines are looked
-    at as three lines, so that a search costs about a microsecond per record of that sender
-    whatever the file holds, and about 1.5 ns per byte in between.
-    """
-    delivered = b"".join(b"Delivered-To: " + re.escape(rcpt.encode("utf-8")) + b"\n" for rcpt in rcpt_tos)
-    return re.compile(
-        re.escape(trace_prefix(mail_from))
-        + rb"[^\n]*\nReturn-Path: <"
-        + re.escape(mail_from.encode("utf-8"))
-        + rb">\n"
-        + delivered
-        + rb"Received: from [^\n]*\n\tby [^\n]*\n\t[^\n]*\n"  # no backtracking: parse_trace checks these
-        + re.escape(f"{LENGTH_HEADER}: {body_length}\n".encode())
-    )
-
-
 def trace_prefix(mail_from: str) -> bytes:
-    """How every match of `trace_pattern` for this sender starts: the LF before the From line, and its start."""
+    """How a record of this sender starts as the server writes it: the LF before its From line, and its start."""
     sender = "".join(c if "!" <= c <= "~" else "_" for c in mail_from) or NULL_SENDER_FROM_LINE
     return f"\nFrom {sender} ".encode()
 

@@ -4,36 +4,26 @@ A delivery is all or nothing. The record is appended to every domain's file unde
 exclusive flock (readers take a shared one), every file is fsynced, and so is the folder
 when a file was created; only then does `deliver` return and the handler answer 250. On
 any failure each file is cut back to the size it had, so nothing half-written is left.
+
+XMAILLAB-ONCE's lookup (once.py) runs here, on the commit thread, before each round's
+append; a copy it finds is fsynced before the retry is told so.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
-import re
 import stat
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
-from maillab_common.forward import (
-    MAX_TRACE_BYTES,
-    RECORD_END,
-    Delivery,
-    parse_records,
-    parse_trace,
-    render_body,
-    trace_is_cut,
-    trace_pattern,
-    trace_prefix,
-)
+from maillab_common.forward import Delivery, parse_records
 from maillab_server.errors import StorageError, StorageFull
+from maillab_server.once import CopyIndex, Key, Wanted, record_key, wanted
 from maillab_server.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -59,7 +49,7 @@ class ForwardStore:
         self._waiting: list[Waiting] = []
         self._wake = threading.Condition()
         self._committer: threading.Thread | None = None
-        self._copies = _CopyFinder()  # the XMAILLAB-ONCE lookup, and the large records it remembers
+        self._copies = CopyIndex()  # the XMAILLAB-ONCE lookup, and its index of each file's recent records
 
     def submit(self, records: Parts, once: Mapping[str, Delivery] | None = None) -> Future[tuple[str, ...]]:
         """`deliver`, by group commit: what waits at the same moment goes to disk together.
@@ -94,9 +84,11 @@ class ForwardStore:
             # A delivery whose client went away before it was written is dropped; one that is
             # written can no longer be cancelled, so it always gets its result.
             group = [item for item in waiting if item[2].set_running_or_notify_cancel()]
-            # A group with an XMAILLAB-ONCE retry (rare) goes one delivery at a time: each lookup
-            # sees what the deliveries before it wrote, and a lookup that fails fails only its own.
-            rounds = [[item] for item in group] if any(once is not None for _, once, _ in group) else [group]
+            try:
+                rounds = _rounds(group)
+            except Exception:  # a bug: one delivery at a time is always right
+                log.exception("grouping deliveries failed")
+                rounds = [[item] for item in group]
             for deliveries in rounds:
                 try:
                     self._commit(deliveries)
@@ -107,9 +99,28 @@ class ForwardStore:
                             future.set_exception(StorageError(f"internal error: {exc!r}"))
 
     def _commit(self, group: list[Waiting]) -> None:
-        if len(group) > 1:
+        """Look up every XMAILLAB-ONCE delivery of the round, then append what is left with one fsync per file.
+
+        A lookup that fails fails only its own delivery. A failed append is undone and tried
+        again one delivery at a time, so a delivery fails only for its own reasons.
+        """
+        ready: list[tuple[Parts, Future[tuple[str, ...]], tuple[str, ...]]] = []
+        for records, once, future in group:
+            try:
+                stored = tuple(
+                    sorted(
+                        domain
+                        for domain, delivery in (once or {}).items()
+                        if self._holds(domain, wanted(delivery, records[domain]))
+                    )
+                )
+            except StorageError as exc:
+                future.set_exception(exc)
+                continue
+            ready.append(({domain: parts for domain, parts in records.items() if domain not in stored}, future, stored))
+        if len(ready) > 1:
             merged: dict[str, list[Part]] = {}
-            for records, _, _ in group:
+            for records, _, _ in ready:
                 for domain, parts in records.items():
                     merged.setdefault(domain, []).extend(parts)
             try:
@@ -117,19 +128,12 @@ class ForwardStore:
             except StorageError:
                 pass  # undone: now one by one
             else:
-                for _, _, future in group:
-                    future.set_result(())
+                for _, future, stored in ready:
+                    future.set_result(stored)
                 return
-        for records, once, future in group:
+        for records, future, stored in ready:
             try:
-                stored = tuple(
-                    sorted(
-                        domain
-                        for domain, delivery in (once or {}).items()
-                        if self._holds(domain, _wanted(delivery, records[domain]))
-                    )
-                )
-                self._append({domain: parts for domain, parts in records.items() if domain not in stored})
+                self._append(records)
             except StorageError as exc:
                 future.set_exception(exc)
             else:
@@ -152,8 +156,8 @@ class ForwardStore:
             if not stat.S_ISREG(status.st_mode):
                 raise StorageError(f"{self.root / domain} is not a regular file")
             floor = max(0, status.st_size - self.recent_window)
-            wanted = delivery if isinstance(delivery, Wanted) else Wanted.of(delivery)  # Wanted: a spooled body
-            if not self._copies.find(fd, status, floor, wanted):
+            looked_for = delivery if isinstance(delivery, Wanted) else Wanted.of(delivery)  # Wanted: a spooled body
+            if not self._copies.find(domain, fd, status, floor, looked_for):
                 return False
             os.fsync(fd)
             _fsync_dir(self.root)
@@ -252,232 +256,27 @@ class ForwardStore:
                 log.exception("could not cut a forward file back to %d bytes", size)
 
 
-BodyReader = Callable[[int, int], bytes | memoryview]  # (offset, size) -> those bytes of a stored body
+def _rounds(group: list[Waiting]) -> list[list[Waiting]]:
+    """The group in rounds, each looked up and then appended together, in the order they came.
 
-# XMAILLAB-ONCE's lookup (`_CopyFinder`): how it reads, and what it remembers.
-_LOOKUP_CHUNK = 1024 * 1024  # bytes searched at a time, plus MAX_TRACE_BYTES to finish a trace in
-_OVERLAP = 4096  # read past a chunk's end, where most traces that start in it end
-_COMPARE_CHUNK = 1024 * 1024  # a candidate's body is compared this much at a time
-_MAX_CANDIDATES = 1024  # records of the same envelope and body length compared by one lookup, at most
-_SPAN_MIN = 256 * 1024  # a record this large that crosses a chunk's edge is remembered, to be skipped
-_SPAN_FILES = 64  # files whose large records are remembered, the most recently looked in
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """The delivery an XMAILLAB-ONCE retry looks for: its envelope, and its body as stored.
-
-    `read_body(offset, size)` returns `size` bytes of the stored body (LF line endings,
-    mboxrd-escaped: what `render_body` gives) from `offset`, and is called only within
-    `body_length`, a chunk of at most _COMPARE_CHUNK bytes at a time, newest candidate first.
+    An XMAILLAB-ONCE delivery looks only at what was written before its round: one whose
+    record may be the copy of an earlier delivery's in the same group (the same domain and
+    key) goes into a later round, so that it sees that one stored, as it would one at a time.
     """
-
-    mail_from: str
-    rcpt_tos: tuple[str, ...]
-    body_length: int
-    read_body: BodyReader
-
-    @classmethod
-    def of(cls, delivery: Delivery) -> Wanted:
-        view = memoryview(render_body(delivery.message))
-        return cls(
-            mail_from=delivery.mail_from,
-            rcpt_tos=delivery.rcpt_tos,
-            body_length=len(view),
-            read_body=lambda offset, size: view[offset : offset + size],
+    rounds: list[list[Waiting]] = []
+    written: set[tuple[str, Key | None]] = set()  # (domain, key) of the current round's records
+    for item in group:
+        records, once, _ = item
+        keys = {domain: record_key(parts) for domain, parts in records.items()}  # from each trace: no body read
+        conflict = any(
+            keys.get(domain) is None or {(domain, keys[domain]), (domain, None)} & written for domain in once or {}
         )
-
-
-@dataclass(frozen=True)
-class _Span:
-    """A large complete record, remembered by where it is and by a digest of its trace block."""
-
-    start: int
-    end: int
-    head_length: int
-    head_digest: bytes
-
-
-def _digest(head: bytes) -> bytes:
-    return hashlib.blake2b(head, digest_size=16).digest()
-
-
-class _CopyFinder:
-    """Finds an earlier copy of a delivery among the last bytes of a forward file.
-
-    A search for the body's bytes would stop wherever they occur (an empty body is in every
-    line). This searches instead for the trace blocks of the same envelope and body length:
-    one regular expression that starts with the record's From line, a line no body holds,
-    so it runs at the speed of a substring search and stops only at real candidates. Each
-    candidate's body is compared a chunk at a time, newest first, up to its first difference.
-
-    So a lookup costs one pass over the window's bytes at most, whatever the body, plus the
-    bytes of the candidates compared. Large records (_SPAN_MIN) are remembered by their file's
-    device and inode, and later lookups skip their bodies instead of reading them again (a
-    remembered record is checked by its trace block each time, so a file cut back or
-    replaced only costs a pass). Damage (hand edits, a repaired crash) is passed over like
-    any body: only a candidate whose trace parses and whose body is byte for byte the same
-    is a copy.
-    """
-
-    def __init__(self) -> None:
-        self._spans: OrderedDict[tuple[int, int], dict[int, _Span]] = OrderedDict()  # by end
-
-    def find(self, fd: int, status: os.stat_result, floor: int, wanted: Wanted) -> bool:
-        """Whether a copy of `wanted` starts at or after `floor` in the file open at `fd`."""
-        key = (status.st_dev, status.st_ino)
-        spans = {
-            end: span
-            for end, span in self._spans.pop(key, {}).items()
-            if span.start >= floor and span.end <= status.st_size
-        }
-        try:
-            return _Lookup(fd, status.st_size, floor, wanted, spans).run()
-        finally:
-            if spans:
-                self._spans[key] = spans
-                while len(self._spans) > _SPAN_FILES:
-                    self._spans.popitem(last=False)
-
-
-class _GiveUp(Exception):
-    """A lookup has compared as many candidates as it may: what is left counts as not found."""
-
-
-class _Lookup:
-    """One lookup: `run` walks down from the end of the file to `floor`."""
-
-    def __init__(self, fd: int, size: int, floor: int, wanted: Wanted, spans: dict[int, _Span]) -> None:
-        self.fd = fd
-        self.size = size
-        self.floor = floor
-        self.wanted = wanted
-        self.spans = spans  # updated in place: stale ones dropped, new ones added
-        self.pattern = trace_pattern(wanted.mail_from, wanted.rcpt_tos, wanted.body_length)
-        self.prefix = trace_prefix(wanted.mail_from)
-        self.overlap = len(self.prefix) + _OVERLAP
-        self.candidates = 0
-        self.lowest_start = size  # the lowest record start seen so far, everything above it looked at
-
-    def run(self) -> bool:
-        try:
-            top = self.size
-            for end in sorted(self.spans, reverse=True):
-                span = self.spans[end]
-                if end > top:
-                    del self.spans[end]  # overlaps one found since: not what it was
-                    continue
-                if self._scan(end, top):
-                    return True
-                top = end
-                head = os.pread(self.fd, span.head_length, span.start)
-                if _digest(head) != span.head_digest:
-                    del self.spans[end]  # the file changed under it: its bytes get scanned instead
-                    continue
-                match = self.pattern.fullmatch(b"\n" + head)  # a candidate, as the scan would find it
-                if match is not None and self._is_copy(span.start + len(head), None, 0):
-                    return True
-                top = self.lowest_start = span.start
-            return self._scan(self.floor, top)
-        except _GiveUp:
-            return False
-
-    def _scan(self, bottom: int, top: int) -> bool:
-        """Look at every record that starts in [bottom, top), the newest first."""
-        hi = top
-        while hi > bottom:
-            lo = max(bottom, hi - _LOOKUP_CHUNK)
-            # From the LF before a record that starts at `lo` to a little past `hi`, where most
-            # traces that start below `hi` end (one that does not is read again, whole).
-            data = os.pread(self.fd, min(self.size, hi + self.overlap) - max(0, lo - 1), max(0, lo - 1))
-            if lo == 0:
-                data = b"\n" + data  # a record at the start of the file gets an LF in front
-            base = lo - 1  # the file offset of data[0]
-            first, last = lo - 1 - base, hi - 1 - base  # where the LF before a record start in [lo, hi) can be
-            candidates: list[tuple[bytes, int, re.Match[bytes]]] = []
-            at = first
-            while (match := self.pattern.search(data, at)) is not None and match.start() < last:
-                candidates.append((data, base, match))
-                at = match.end()
-            # Only the highest trace of this sender can run past `data`: one below ends before it starts.
-            highest = data.rfind(self.prefix, first, last + len(self.prefix) - 1)
-            if highest != -1 and (not candidates or candidates[-1][2].start() != highest):
-                buf, buf_base, at = self._whole_trace(data, base, highest + 1)
-                if buf is not data and (match := self.pattern.match(b"\n" + buf, at)) is not None:
-                    candidates.append((b"\n" + buf, buf_base - 1, match))
-            for buf, buf_base, match in reversed(candidates):
-                if self._is_copy(buf_base + match.end(), buf, buf_base) and self._is_trace(buf, match):
-                    return True
-            self._remember_large(data, base, first, last)
-            hi = lo
-        return False
-
-    def _is_trace(self, buf: bytes, match: re.Match[bytes]) -> bool:
-        """Whether a match of `pattern` is the whole of a valid trace block, as parse_records reads one."""
-        trace = parse_trace(buf, match.start() + 1)
-        return trace is not None and trace.length == match.end() - match.start() - 1
-
-    def _whole_trace(self, data: bytes, base: int, at: int) -> tuple[bytes, int, int]:
-        """Bytes that hold the whole trace block starting at data[at], if there is one: `data`, or a new read."""
-        if base + len(data) >= self.size or not trace_is_cut(data, at):
-            return data, base, at
-        start = base + at
-        return os.pread(self.fd, min(MAX_TRACE_BYTES, self.size - start), start), start, 0
-
-    def _remember_large(self, data: bytes, base: int, first: int, last: int) -> None:
-        """Remember the highest record in this stretch when it is large, then move `lowest_start` down."""
-        highest = data.rfind(b"\nFrom ", first, last + len(b"\nFrom ") - 1)
-        if highest == -1:
-            return  # inside a large body (or damage): its start is further down
-        start = base + highest + 1
-        if self.lowest_start - start >= _SPAN_MIN:
-            buf, _, at = self._whole_trace(data, base, highest + 1)
-            trace = parse_trace(buf, at)
-            if trace is not None:
-                end = start + trace.length + trace.body_length + len(RECORD_END)
-                if end == self.lowest_start and os.pread(self.fd, 2, end - 2) == b"\n\n":
-                    head = buf[at : at + trace.length]
-                    self.spans[end] = _Span(start=start, end=end, head_length=len(head), head_digest=_digest(head))
-        lowest = data.find(b"\nFrom ", first, last + len(b"\nFrom ") - 1)
-        self.lowest_start = base + lowest + 1
-
-    def _is_copy(self, body_start: int, data: bytes | None, base: int) -> bool:
-        """Whether the body at `body_start` (after a trace of the wanted envelope and length) is the wanted one.
-
-        `data`, when given, holds the file's bytes from offset `base`: a body inside it is
-        compared there, without another read.
-        """
-        self.candidates += 1
-        if self.candidates > _MAX_CANDIDATES:
-            raise _GiveUp
-        length = self.wanted.body_length
-        if body_start + length + len(RECORD_END) > self.size:
-            return False  # torn: cut off by a crash, to be repaired
-        if data is not None and length <= _COMPARE_CHUNK and body_start + length + len(RECORD_END) - base <= len(data):
-            at = body_start - base
-            stored = memoryview(data)[at : at + length + len(RECORD_END)]
-            return stored[-1:] == RECORD_END and stored[:length] == self.wanted.read_body(0, length)
-        if os.pread(self.fd, len(RECORD_END), body_start + length) != RECORD_END:
-            return False
-        for offset in range(0, length, _COMPARE_CHUNK):
-            size = min(_COMPARE_CHUNK, length - offset)
-            if os.pread(self.fd, size, body_start + offset) != self.wanted.read_body(offset, size):
-                return False
-        return True
-
-
-def _wanted(delivery: Delivery, parts: Sequence[Part]) -> Wanted:
-    """What XMAILLAB-ONCE looks for: the delivery, with its body part (trace, body, end) as stored.
-
-    A spooled body is compared a chunk at a time from its spool, never read whole; a body in
-    memory is the delivery's message.
-    """
-    spool = next((part for part in parts if isinstance(part, Spool)), None)
-    if spool is None:
-        return Wanted.of(delivery)
-    return Wanted(
-        mail_from=delivery.mail_from, rcpt_tos=delivery.rcpt_tos, body_length=spool.length, read_body=spool.read_at
-    )
+        if not rounds or conflict:
+            rounds.append([])
+            written = set()
+        rounds[-1].append(item)
+        written |= set(keys.items())
+    return rounds
 
 
 def _write_all(fd: int, parts: Sequence[Part]) -> None:
