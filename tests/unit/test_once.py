@@ -251,3 +251,46 @@ def test_a_retry_in_the_same_group_as_its_first_attempt_finds_it(tmp_path: Path)
         ]
     assert [future.result(10) for future in futures] == [(), (), ("a.test",), ("a.test",)]
     assert [r.delivery.message for r in records(tmp_path, "a.test")] == [delivery.message, other.message]
+
+
+def counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """os.fsync, counted by the name of what it synced (a forward file, or the folder)."""
+    synced: Counter[str] = Counter()
+    fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] += 1
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return synced
+
+
+def test_a_copy_another_process_wrote_is_fsynced_before_it_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a server killed between its write and its fsync leaves it: on disk for this process,
+    # perhaps not for the disk. The retry's 250 must mean "on disk" all the same.
+    delivery = replace(BASE, message=b"Subject: written\n\nbefore the crash\n")
+    (tmp_path / "a.test").write_bytes(render_record(delivery))
+    synced = counting_fsyncs(monkeypatch)
+    store = ForwardStore(tmp_path)
+    assert store.submit({"a.test": [render_record(delivery)]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    assert synced == Counter({"a.test": 1, tmp_path.name: 1})
+
+
+def test_copies_this_store_has_fsynced_are_found_without_another_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ForwardStore(tmp_path)
+    delivery = replace(BASE, message=b"Subject: stored\n\nonce\n")
+    assert store.submit({"a.test": [render_record(delivery)]}, once={"a.test": delivery}).result(10) == ()
+    synced = counting_fsyncs(monkeypatch)
+    for _ in range(20):  # a flood of retries of a message stored and synced here
+        assert store.submit({"a.test": [render_record(delivery)]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    assert synced == Counter(), "the file was fsynced whole already"
+    with open(tmp_path / "a.test", "ab") as file:  # bytes this process did not sync
+        file.write(render_record(replace(BASE, message=b"Subject: other\n\nx\n")))
+    assert store.submit({"a.test": [render_record(delivery)]}, once={"a.test": delivery}).result(10) == ("a.test",)
+    assert synced == Counter({"a.test": 1, tmp_path.name: 1})
+    assert len(records(tmp_path, "a.test")) == 2

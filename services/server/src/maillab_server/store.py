@@ -50,6 +50,8 @@ class ForwardStore:
         self._wake = threading.Condition()
         self._committer: threading.Thread | None = None
         self._copies = CopyIndex()  # the XMAILLAB-ONCE lookup, and its index of each file's recent records
+        # domain -> (device, inode, size): the file is on disk up to that size, fsynced by this process.
+        self._durable: dict[str, tuple[int, int, int]] = {}
 
     def submit(self, records: Parts, once: Mapping[str, Delivery] | None = None) -> Future[tuple[str, ...]]:
         """`deliver`, by group commit: what waits at the same moment goes to disk together.
@@ -159,8 +161,13 @@ class ForwardStore:
             looked_for = delivery if isinstance(delivery, Wanted) else Wanted.of(delivery)  # Wanted: a spooled body
             if not self._copies.find(domain, fd, status, floor, looked_for):
                 return False
-            os.fsync(fd)
-            _fsync_dir(self.root)
+            # A file this process has fsynced whole (and its folder entry) needs no fsync again:
+            # a retry flood of copies found must not cost everyone a file and a folder fsync each.
+            known = self._durable.get(domain)
+            if known is None or known[:2] != _extent(status)[:2] or known[2] < status.st_size:
+                os.fsync(fd)
+                _fsync_dir(self.root)
+                self._durable[domain] = _extent(status)
             return True
         except OSError as exc:
             raise StorageError(str(exc)) from exc
@@ -199,12 +206,18 @@ class ForwardStore:
                 os.fsync(fd)
             if created:
                 _fsync_dir(self.root)
+            for fd, domain in zip(opened, domains, strict=True):
+                self._durable[domain] = _extent(os.fstat(fd))
         except OSError as exc:
+            for domain in domains:
+                self._durable.pop(domain, None)
             self._cut_back(opened, sizes_before)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFull(str(exc)) from exc
             raise StorageError(str(exc)) from exc
         except StorageError:
+            for domain in domains:
+                self._durable.pop(domain, None)
             self._cut_back(opened, sizes_before)
             raise
         finally:
@@ -316,6 +329,11 @@ def _copy_spool(fd: int, spool: Spool) -> None:
         while view:
             view = view[os.write(fd, view) :]
         offset += read
+
+
+def _extent(status: os.stat_result) -> tuple[int, int, int]:
+    """A file's identity and size: what `_durable` keeps of a file known to be on disk up to that size."""
+    return status.st_dev, status.st_ino, status.st_size
 
 
 def _fsync_dir(path: Path) -> None:
