@@ -21,7 +21,6 @@ hostile message's line endings (runs of CRs), before and now.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import smtplib
 import subprocess
@@ -33,7 +32,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
+from bench.common import free_port, percentile, stop_process, wait_for_port
+from bench.server import maillab_server
 from maillab_common.esmtp import ONCE
 from maillab_common.forward import (
     RECORD_END,
@@ -68,27 +68,6 @@ def adversarial_bodies(count: int) -> list[tuple[str, Callable[[int], bytes]]]:
         ("a 64 KiB prefix of the large record", lambda _: prefix),
         ("same length each time, other bytes", lambda number: b"n%09d\r\n" % number),
     ][:count]
-
-
-def server(port: int, forward: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "MAILLAB_LOG_LEVEL": "warning"}
-    return start_process(
-        [
-            sys.executable,
-            "-m",
-            "maillab_server",
-            "serve",
-            "--listen-host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--forward-dir",
-            str(forward),
-            "--max-message-size",
-            str(40 * MiB),
-        ],
-        env,
-    )
 
 
 def victim_latencies(port: int, count: int) -> list[float]:
@@ -180,8 +159,7 @@ def lookup_times(work: Path, size: int, old_budget: float) -> list[tuple[str, st
         tls=False,
         message=b"",
     )
-    folder = work / f"lookup-{size}"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix=f"lookup-{size}-", dir=work))
     record = render_record(replace(template, message=to_mbox_line_endings(large_message(size))))
     (folder / "hostile.test").write_bytes(record)
     rows = []
@@ -221,7 +199,7 @@ def main() -> None:
         forward = work / "forward"
         forward.mkdir()
         port = free_port()
-        process = server(port, forward)
+        process = maillab_server(port, forward, "--max-message-size", str(40 * MiB))
         try:
             wait_for_port(port)
             with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:

@@ -29,7 +29,8 @@ def memory_kib(pid: int, field: str) -> int:
     raise LookupError(field)
 
 
-def maillab_server(port: int, forward: Path) -> subprocess.Popen[str]:
+def maillab_server(port: int, forward: Path, *flags: str) -> subprocess.Popen[str]:
+    """The real server as a process on 127.0.0.1:`port`, storing in `forward`, with `flags` (serve's) added."""
     forward.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MAILLAB_LOG_LEVEL": "warning"}
     return start_process(
@@ -44,6 +45,7 @@ def maillab_server(port: int, forward: Path) -> subprocess.Popen[str]:
             str(port),
             "--forward-dir",
             str(forward),
+            *flags,
         ],
         env,
     )
