@@ -30,6 +30,7 @@ from maillab_common.forward import (
     to_mbox_line_endings,
 )
 from maillab_server import once as once_module
+from maillab_server.once import Wanted
 from maillab_server.store import ForwardStore
 from tests.unit.test_forward_format import BASE
 
@@ -253,8 +254,11 @@ def test_a_file_cut_back_or_replaced_is_indexed_anew(tmp_path: Path) -> None:
     assert holds(store, copy)
 
 
-def test_the_index_holds_a_bounded_number_of_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past MAX_ENTRIES, the index looked in least recently goes, then the oldest records of the one looked in."""
+def test_the_index_holds_a_bounded_number_of_records_and_never_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_ENTRIES, the oldest records of the file looked in least recently are forgotten,
+    but no file is indexed again from its floor: a client alternating domains costs no re-reading."""
     monkeypatch.setattr(once_module, "MAX_ENTRIES", 50)
     store = ForwardStore(tmp_path)
     copies = {domain: message(f"copy {domain}") for domain in ("a.test", "b.test")}
@@ -263,11 +267,20 @@ def test_the_index_holds_a_bounded_number_of_records(tmp_path: Path, monkeypatch
         (tmp_path / domain).write_bytes(b"".join(others) + render_record(copy))
         assert store.submit({domain: [render_record(copy)]}, once={domain: copy}).result(30) == (domain,)
     index = store._copies
-    assert list(index._files) == ["b.test"] and index._entries == 41  # a.test's index went
-    first = message("a.test 0")
-    (tmp_path / "b.test").write_bytes((tmp_path / "b.test").read_bytes() + render_record(first) * 20)
-    assert store.submit({"b.test": [render_record(first)]}, once={"b.test": first}).result(30) == ("b.test",)
-    assert index._entries == 50  # its oldest records forgotten, its newest found
+    assert list(index._files) == ["a.test", "b.test"] and index._entries == 50  # a.test's oldest forgotten
+    parsed: list[int] = []
+
+    def counting_parse_trace(head: bytes) -> object:
+        parsed.append(len(head))
+        return parse_trace(head)
+
+    monkeypatch.setattr(once_module, "parse_trace", counting_parse_trace)
+    for _ in range(5):
+        for domain, copy in copies.items():
+            assert store.submit({domain: [render_record(copy)]}, once={domain: copy}).result(30) == (domain,)
+    # Two at most a lookup (the candidate's, the end of the file's); 41 or more when a file is indexed again.
+    assert len(parsed) <= 20, f"{len(parsed)} traces parsed for 10 lookups: an index was built again"
+    assert index._entries <= 50
 
 
 # The lookup against the definition, on random files: a copy is a complete record, as
@@ -336,3 +349,27 @@ def test_the_lookup_finds_what_the_definition_does(
             (Path(folder) / DOMAIN).write_bytes(data)
             floor = max(0, len(data) - window)
             assert holds(store, wanted) == defined_holds(data, floor, wanted, candidates)
+
+
+def test_a_record_quoted_in_the_middle_of_a_line_is_never_a_copy(tmp_path: Path) -> None:
+    # "From " is escaped at a line start only: a body may hold a whole record after other text.
+    victim = message("victim")
+    quoted = render_record(victim)
+    host = render_record(replace(BASE, mail_from="attacker@x.test", message=b"Subject: q\n\nxx" + quoted))
+    (tmp_path / "a.test").write_bytes(host)
+    offset = host.index(quoted)
+    head = parse_trace(quoted)
+    assert head is not None
+    fd = os.open(tmp_path / "a.test", os.O_RDONLY)
+    try:
+        assert not once_module._is_copy(fd, len(host), offset, head.length, Wanted.of(victim))
+        (tmp_path / "b.test").write_bytes(quoted)  # the same record at a line start is one
+        with open(tmp_path / "b.test", "rb") as alone:
+            assert once_module._is_copy(alone.fileno(), len(quoted), 0, head.length, Wanted.of(victim))
+    finally:
+        os.close(fd)
+
+
+def test_an_index_key_is_small_however_long_the_addresses() -> None:
+    many = tuple(f"{'r' * 60}{number}@{'d' * 60}.test" for number in range(100))
+    assert len(Wanted.of(replace(BASE, rcpt_tos=many, mail_from="s" * 60 + "@x.test")).key) == 16

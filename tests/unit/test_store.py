@@ -123,3 +123,21 @@ def test_group_commit_stores_every_delivery_and_fails_only_the_bad_one(tmp_path:
     assert isinstance(errors[50], StorageError)
     assert parsed_ids(tmp_path / "a.test") == [f"{n:04X}" for n in (*range(50), *range(100, 120))]
     assert parsed_ids(tmp_path / "b.test") == [f"{n:04X}" for n in range(50)]
+
+
+def test_repair_makes_the_folder_entries_of_earlier_files_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file created by a server that died before it fsynced the folder: what this process
+    # later finds or appends there must not depend on an entry that may not be on disk.
+    (tmp_path / "a.test").write_bytes(render_record(BASE))
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    ForwardStore(tmp_path).repair()
+    assert str(tmp_path) in synced

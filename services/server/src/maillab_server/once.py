@@ -33,6 +33,8 @@ that alone holds more are forgotten: a retry of one of those is stored again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -52,6 +54,7 @@ from maillab_server.spool import Spool
 
 MAX_CANDIDATES = 8  # records of the same key compared by one lookup, the newest first
 MAX_ENTRIES = 200_000  # records indexed over all files, at most
+MAX_FILES = 10_000  # files with an index, at most: past it, the least recently used index goes whole
 _TRACE_READ = 64 * 1024  # bytes read at a record's start: its trace, and often the records after it
 _SEARCH_CHUNK = 1024 * 1024  # bytes searched at a time for the next record start, past damage
 _COMPARE_CHUNK = 1024 * 1024  # a candidate's body is compared this much at a time
@@ -59,7 +62,15 @@ _TAIL = 32  # the last bytes indexed, checked at each lookup: a file rewritten i
 _RECORD_START = b"\nFrom "
 
 BodyReader = Callable[[int, int], bytes | memoryview]  # (offset, size) -> those bytes of a stored body
-Key = tuple[str, tuple[str, ...], int]  # sender, recipients, stored body length
+# A digest of the sender, the recipients and the stored body's length: 16 bytes however long the
+# addresses, so the index's memory is bounded by its number of records. A candidate's own trace
+# is compared field by field before it counts, so a collision costs a compare, never a wrong find.
+Key = bytes
+
+
+def _digest_key(mail_from: str, rcpt_tos: tuple[str, ...], body_length: int) -> Key:
+    canonical = json.dumps([mail_from, list(rcpt_tos), body_length])  # ASCII: surrogates escaped too
+    return hashlib.blake2b(canonical.encode("ascii"), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class Wanted:
 
     @property
     def key(self) -> Key:
-        return (self.mail_from, self.rcpt_tos, self.body_length)
+        return _digest_key(self.mail_from, self.rcpt_tos, self.body_length)
 
 
 def wanted(delivery: Delivery, parts: Sequence[bytes | Spool]) -> Wanted:
@@ -113,7 +124,7 @@ def record_key(parts: Sequence[bytes | Spool]) -> Key | None:
 
 
 def _key(trace: Trace) -> Key:
-    return (trace.mail_from, trace.rcpt_tos, trace.body_length)
+    return _digest_key(trace.mail_from, trace.rcpt_tos, trace.body_length)
 
 
 class _Slot:
@@ -186,7 +197,7 @@ class CopyIndex:
         finally:
             self._files[domain] = index
             self._entries += len(index.order)
-            self._bound(index)
+            self._bound()
         slot = index.slots.get(wanted.key)
         for offset, trace_length in list(slot.records) if slot is not None else []:
             if offset < floor:
@@ -195,14 +206,23 @@ class CopyIndex:
                 return True
         return False
 
-    def _bound(self, current: _FileIndex) -> None:
-        """Keep MAX_ENTRIES records at most: other files' indexes go first, then this file's oldest records."""
-        while self._entries > MAX_ENTRIES and len(self._files) > 1:
+    def _bound(self) -> None:
+        """Keep MAX_ENTRIES records and MAX_FILES indexes at most.
+
+        Past MAX_ENTRIES, the oldest records of the least recently used files are forgotten, but
+        their indexes stay, with where indexing goes on from: a file is never indexed again from
+        its floor, which would cost a pass over its whole window on the commit thread at every
+        lookup of a client that alternates domains. A forgotten copy is only a duplicate.
+        """
+        while len(self._files) > MAX_FILES:
             _, oldest = self._files.popitem(last=False)
             self._entries -= len(oldest.order)
-        while self._entries > MAX_ENTRIES and current.order:
-            current.forget_oldest()
-            self._entries -= 1
+        for index in self._files.values():  # the least recently used first
+            if self._entries <= MAX_ENTRIES:
+                break
+            while self._entries > MAX_ENTRIES and index.order:
+                index.forget_oldest()
+                self._entries -= 1
 
 
 def _still_valid(index: _FileIndex, fd: int, status: os.stat_result, floor: int) -> bool:
@@ -331,9 +351,15 @@ def _find_start(fd: int, lo: int, hi: int) -> int | None:
 
 def _is_copy(fd: int, size: int, offset: int, trace_length: int, wanted: Wanted) -> bool:
     """Whether the record indexed at `offset` is still there, of the wanted key, with the wanted body."""
+    # A record starts a line: "From " in the middle of a line (a body may quote a whole record
+    # there, unescaped) is never one.
+    if offset > 0 and os.pread(fd, 1, offset - 1) != b"\n":
+        return False
     head = os.pread(fd, trace_length, offset)
     trace = parse_trace(head)
-    if trace is None or trace.length != trace_length or _key(trace) != wanted.key:
+    if trace is None or trace.length != trace_length:
+        return False
+    if (trace.mail_from, trace.rcpt_tos, trace.body_length) != (wanted.mail_from, wanted.rcpt_tos, wanted.body_length):
         return False
     if not head.startswith(trace_prefix(wanted.mail_from)[1:]):
         return False

@@ -119,6 +119,10 @@ class ForwardStore:
             except StorageError as exc:
                 future.set_exception(exc)
                 continue
+            except Exception as exc:  # a bug in one lookup fails its delivery, not the round
+                log.exception("XMAILLAB-ONCE lookup failed")
+                future.set_exception(StorageError(f"internal error: {exc!r}"))
+                continue
             ready.append(({domain: parts for domain, parts in records.items() if domain not in stored}, future, stored))
         if len(ready) > 1:
             merged: dict[str, list[Part]] = {}
@@ -244,6 +248,9 @@ class ForwardStore:
                     )
             finally:
                 os.close(fd)
+        # A file created by a process that died before fsyncing the folder: its entry made durable
+        # now, so that whatever this process finds or appends there later is durable with it.
+        _fsync_dir(self.root)
         return cut
 
     def _open_for_append(self, domain: str) -> tuple[int, bool]:
