@@ -26,9 +26,11 @@ the first difference: at most MAX_CANDIDATES times the message's own length.
 
 What it gives up, knowingly: a record whose length header was edited by hand to cover whole
 later records hides those from the lookup (a retry of one of them is stored again); a copy
-found is always a record as parse_records reads it. Past MAX_ENTRIES records indexed over all
-files, whole indexes go, the least recently looked in first, and the oldest records of a file
-that alone holds more are forgotten: a retry of one of those is stored again.
+found is always a record as parse_records reads it, at the start of a line. Past MAX_ENTRIES
+records indexed over all files, the oldest records of the files looked in least recently are
+forgotten (a retry of one of those is stored again), but every index keeps where it goes on
+from, so no file is indexed again from its floor; past MAX_FILES indexes, the least recently
+used goes whole. Keys are 16-byte digests, so an index's memory is bounded by its records.
 """
 
 from __future__ import annotations
