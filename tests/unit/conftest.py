@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,3 +71,16 @@ def server(start_server: StartServer) -> ServerController:
 def client(server: ServerController) -> Iterator[smtplib.SMTP]:
     with smtplib.SMTP(server.hostname, server.port, timeout=10) as connection:
         yield connection
+
+
+def counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """os.fsync, counted by the name of what it synced (a forward file, or the folder)."""
+    synced: Counter[str] = Counter()
+    fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] += 1
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return synced

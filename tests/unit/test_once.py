@@ -22,7 +22,7 @@ from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
 from maillab_server.store import ForwardStore
-from tests.unit.conftest import StartServer
+from tests.unit.conftest import StartServer, counting_fsyncs
 from tests.unit.test_forward_format import BASE
 
 ONE = "one.test"
@@ -216,14 +216,7 @@ def test_a_group_with_once_deliveries_commits_with_one_fsync_per_file(
     store = ForwardStore(tmp_path)
     victims = [replace(BASE, message=b"Subject: victim %d\n\nv\n" % number) for number in range(2)]
     retries = [replace(BASE, mail_from="h@attack.test", message=body) for body in (b"n\n", b"nn\n")]
-    synced: Counter[str] = Counter()
-    fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] += 1
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    synced = counting_fsyncs(monkeypatch)
     with store._wake:  # the committer takes them when all are waiting: one group
         futures = [
             store.submit({"victim.test": [render_record(victims[0])]}),
@@ -251,19 +244,6 @@ def test_a_retry_in_the_same_group_as_its_first_attempt_finds_it(tmp_path: Path)
         ]
     assert [future.result(10) for future in futures] == [(), (), ("a.test",), ("a.test",)]
     assert [r.delivery.message for r in records(tmp_path, "a.test")] == [delivery.message, other.message]
-
-
-def counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """os.fsync, counted by the name of what it synced (a forward file, or the folder)."""
-    synced: Counter[str] = Counter()
-    fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] += 1
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    return synced
 
 
 def test_a_copy_another_process_wrote_is_fsynced_before_it_counts(

@@ -15,6 +15,7 @@ import pytest
 from maillab_common.forward import Record, parse_records, render_record
 from maillab_server.errors import StorageError
 from maillab_server.store import ForwardStore
+from tests.unit.conftest import counting_fsyncs
 from tests.unit.test_forward_format import BASE
 
 
@@ -131,13 +132,6 @@ def test_repair_makes_the_folder_entries_of_earlier_files_durable(
     # A file created by a server that died before it fsynced the folder: what this process
     # later finds or appends there must not depend on an entry that may not be on disk.
     (tmp_path / "a.test").write_bytes(render_record(BASE))
-    synced: list[str] = []
-    fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced = counting_fsyncs(monkeypatch)
     ForwardStore(tmp_path).repair()
-    assert str(tmp_path) in synced
+    assert synced[tmp_path.name] == 1
