@@ -1,0 +1,134 @@
+"""The batch manifest: what the agent sent, as the agent writes it and the inspector reads it.
+
+One typed, versioned schema for both sides. The document is JSON:
+`{"version": 1, "seed": ..., "server": ..., "count": ..., "messages": [...]}`, one entry a
+message, each with its attachments. A document without a version is read as version 1 (the
+agent wrote none before the schema had a number); any other version is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from maillab_common.domains import InvalidAddress, domain_of
+
+VERSION = 1
+
+
+class ManifestError(ValueError):
+    """The document is not a manifest this version reads."""
+
+
+@dataclass(frozen=True)
+class SentAttachment:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    message_id: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    subject: str
+    size: int
+    attachments: tuple[SentAttachment, ...]
+    accepted: bool = True
+    refused: tuple[str, ...] = ()  # recipients the server refused
+    reply: str = ""  # the server's last reply to this message
+    attempts: int = 1
+
+    def domains(self) -> tuple[str, ...]:
+        """The forward files this message is expected in: its accepted recipients' domains, in order."""
+        refused = set(self.refused)
+        return tuple(dict.fromkeys(domain_of(rcpt) for rcpt in self.rcpt_tos if rcpt not in refused))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    seed: int
+    server: str
+    messages: tuple[SentMessage, ...]
+    version: int = VERSION
+
+    @property
+    def count(self) -> int:
+        return len(self.messages)
+
+
+def dumps(manifest: Manifest) -> str:
+    document = asdict(manifest)
+    document["count"] = manifest.count
+    return json.dumps(document, indent=1)
+
+
+def loads(text: str) -> Manifest:
+    """The manifest in `text`, or ManifestError saying what is wrong with it."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ManifestError("not an agent manifest: the document is not a JSON object")
+    version = document.get("version", VERSION)
+    if version != VERSION:
+        raise ManifestError(f"manifest version {version!r}: this inspector reads version {VERSION}")
+    try:
+        messages = tuple(_message(entry) for entry in document["messages"])
+        manifest = Manifest(seed=int(document.get("seed", 0)), server=str(document.get("server", "")), messages=messages)
+        for message in messages:
+            message.domains()
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidAddress) as exc:
+        raise ManifestError(f"not an agent manifest: {exc!r}") from None
+    return manifest
+
+
+def _message(entry: dict[str, Any]) -> SentMessage:
+    return SentMessage(
+        message_id=_text(entry["message_id"]),
+        mail_from=_text(entry.get("mail_from", "")),
+        rcpt_tos=tuple(_text(rcpt) for rcpt in entry["rcpt_tos"]),
+        subject=_text(entry["subject"]),
+        size=int(entry.get("size", 0)),
+        attachments=tuple(
+            SentAttachment(
+                filename=_text(item["filename"]),
+                content_type=_text(item.get("content_type", "")),
+                size=int(item.get("size", 0)),
+                sha256=_text(item["sha256"]),
+            )
+            for item in entry["attachments"]
+        ),
+        accepted=bool(entry.get("accepted", True)),
+        refused=tuple(_text(rcpt) for rcpt in entry.get("refused", ())),
+        reply=_text(entry.get("reply", "")),
+        attempts=int(entry.get("attempts", 1)),
+    )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, found {type(value).__name__}")
+    return value
+
+
+def read(path: Path) -> Manifest:
+    """The manifest at `path`: OSError if it cannot be read, ManifestError if it is not one."""
+    return loads(path.read_text(encoding="utf-8"))
+
+
+def write(path: Path, manifest: Manifest) -> None:
+    """Write the manifest whole or not at all: to a temporary file, fsynced, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(dumps(manifest))
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
