@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
 from maillab_common.forward import Delivery, Record, render_record
-from maillab_inspector.render import headers_shown, parse_headers, summarize
+from maillab_inspector.model import headers_shown, parse_headers, summarize
 from maillab_inspector.tail import ForwardTail
 from tests import hostile
 

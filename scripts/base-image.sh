@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Print the name of a Python base image that the Dockerfiles can build FROM, making sure
+# Print the name of a Python base image that services/Dockerfile can build FROM, making sure
 # it exists locally first. Logs go to stderr; stdout is only the image name.
 #
 #   1. $PYTHON_IMAGE (default python:3.12-slim), if it is already here or can be pulled;

@@ -4,7 +4,7 @@ An image holds maillab-common, one service, and their third-party dependencies. 
 dependencies, read from the two pyproject.toml files, plus setuptools (the build backend
 that installs the source with no network), are resolved once for every Python the images
 may run (3.11 from Debian, 3.12 from python:3.12-slim) and pinned with their hashes. The
-Dockerfiles install from the lock with --require-hashes, so a build gets exactly these
+Dockerfile (services/Dockerfile) installs from the lock with --require-hashes, so a build gets exactly these
 files or fails.
 """
 

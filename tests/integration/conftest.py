@@ -8,11 +8,13 @@ in the fixture's teardown, so the tests need no Ryuk reaper.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +25,8 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+from docker.models.containers import Container
+from docker.types.daemon import CancellableStream
 from testcontainers.compose import DockerCompose
 from testcontainers.core.config import testcontainers_config
 from testcontainers.core.container import DockerContainer
@@ -76,12 +80,12 @@ def images(base_image: str) -> dict[str, str]:
     tags = {}
     for service in SERVICES:
         tag = f"maillab/{service}:test"
-        DockerImage(
+        DockerImage(  # services/Dockerfile: a stage per service, on the same SERVICE (as compose.yaml)
             path=str(ROOT / "services"),
-            dockerfile_path=f"{service}/Dockerfile",
             tag=tag,
             clean_up=False,
-            buildargs={"PYTHON_IMAGE": base_image},
+            buildargs={"PYTHON_IMAGE": base_image, "SERVICE": service},
+            target=service,
             rm=True,
         ).build()
         tags[service] = tag
@@ -156,16 +160,23 @@ class Lab:
 
     def forward_files(self, into: Path) -> dict[str, Path]:
         """Copy /forward out of the server container; returns domain -> local copy."""
-        stream, _ = self.server.get_wrapped_container().get_archive("/forward")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            archive.extractall(into, filter="data")
-        return {path.name: path for path in (into / "forward").iterdir()}
+        return copy_forward(self.server.get_wrapped_container(), into)
 
     def inspector_lines(self) -> list[dict[str, Any]]:
         """What the inspector printed, one JSON object per message, across restarts."""
         assert self.inspector is not None
         stdout, _ = self.inspector.get_logs()
-        return [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+        return printed(stdout.decode().splitlines())
+
+    def wait_for_printed(
+        self, until: Callable[[list[dict[str, Any]]], bool], what: str, timeout: float = 30
+    ) -> list[dict[str, Any]]:
+        """Follow the inspector's output until what it printed satisfies `until`; returns that."""
+        assert self.inspector is not None
+        lines = follow_logs(
+            self.inspector.get_wrapped_container(), lambda lines: until(printed(lines)), timeout, what, stderr=False
+        )
+        return printed(lines)
 
     def _with_volumes(self, container: DockerContainer, forward_mode: str) -> DockerContainer:
         return (
@@ -184,12 +195,131 @@ class Lab:
             container.stop()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def run_command(
+    *command: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command (make, docker compose) in the checkout, to the end; its output as text."""
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def copy_forward(server: Container, into: Path) -> dict[str, Path]:
+    """Copy /forward out of a server container (not from a tmpfs: see read_forward); returns domain -> copy."""
+    stream, _ = server.get_archive("/forward")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+        archive.extractall(into, filter="data")
+    return {path.name: path for path in (into / "forward").iterdir()}
+
+
+def read_forward(server: DockerContainer) -> dict[str, bytes]:
+    """Every forward file of a running server, read with exec: `docker cp` does not see into a tmpfs."""
+    listing = server.exec(["ls", "/forward"])
+    assert listing.exit_code == 0, listing.output
+    files = {}
+    for name in listing.output.decode().split():
+        content = server.exec(["cat", f"/forward/{name}"])
+        assert content.exit_code == 0, content.output
+        files[name] = content.output
+    return files
+
+
+def printed(lines: list[str]) -> list[dict[str, Any]]:
+    """The inspector's JSON lines (`watch --json`), one object per message."""
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def follow_logs(
+    container: Container, until: Callable[[list[str]], bool], timeout: float, what: str, *, stderr: bool = True
+) -> list[str]:
+    """The container's output, line by line, up to the first line after which `until` holds.
+
+    Woken by each line the container prints, not by a clock: the stream starts with what
+    was printed already, then follows. A container's output lives as long as the container,
+    so a restarted one shows every run's lines. Fails after `timeout` seconds, or when the
+    output ends (the container stopped) first.
+    """
+    stream = container.logs(stream=True, follow=True, stdout=True, stderr=stderr)
+    timer = Deadline(timeout, stream)
+    timer.start()
+    lines: list[str] = []
+    pending = b""
+    try:
+        for chunk in stream:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            lines += (line.decode(errors="replace") for line in complete)
+            if complete and until(lines):
+                return lines
+    except OSError:
+        pass  # the stream was closed under the read by the Deadline
+    finally:
+        timer.cancel()
+        end_stream(stream)
+    ended = f"timed out after {timeout:.0f}s" if timer.expired else "the output ended"
+    tail = "\n".join(lines[-20:])
+    raise AssertionError(f"{ended} waiting for {what}; last lines:\n{tail}")
+
+
+def restarted_after(crash: Callable[[], None], container: Container, timeout: float) -> None:
+    """Run `crash`, then wait until the engine reports the container died and started again.
+
+    The engine's event stream is open before the crash, so neither event can be missed.
+    """
+    events = container.client.events(decode=True, filters={"container": container.id, "event": ["die", "start"]})
+    timer = Deadline(timeout, events)
+    seen: list[str] = []
+    try:
+        crash()
+        timer.start()
+        for event in events:
+            seen.append(event["Action"])
+            if seen[-2:] == ["die", "start"]:
+                return
+    except OSError:
+        pass
+    finally:
+        timer.cancel()
+        end_stream(events)
+    raise AssertionError(f"within {timeout:.0f}s of the crash the engine reported only {seen}, not a die and a start")
+
+
+class Deadline(threading.Timer):
+    """Ends a blocking read of a docker-py stream after `timeout` seconds, from its own thread."""
+
+    def __init__(self, timeout: float, stream: CancellableStream) -> None:
+        super().__init__(timeout, self._expire)
+        self.stream = stream
+        self.expired = False
+
+    def _expire(self) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):  # the reader ended it at the same moment
+            self.stream.close()  # shuts the socket: the reader's `for` ends
+
+
+def end_stream(stream: CancellableStream) -> None:
+    """End a docker-py stream for good.
+
+    Its `close` shuts the socket (which wakes a reader in another thread) but leaves the HTTP
+    response open, and with it the socket's file: closed too here, or a ResourceWarning
+    comes when it is collected.
+    """
+    with contextlib.suppress(OSError):  # shut already, by a Deadline
+        stream.close()
+    stream._response.close()
+
+
+def retry_until(attempt: Callable[[], bool], timeout: float, what: str, pause: float = 0.25) -> None:
+    """Try `attempt` again and again, a pause apart, as a client retries.
+
+    Only for what nothing announces, where trying is the only way to learn (a freed place,
+    say); what a log line or an engine event announces is waited for with follow_logs or
+    restarted_after.
+    """
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not attempt():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
+        time.sleep(pause)
 
 
 @pytest.fixture
@@ -223,11 +353,24 @@ def lab(images: dict[str, str]) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def compose(base_image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[DockerCompose]:
+def compose_settings() -> dict[str, str]:
+    """Settings for the lab that `compose` starts, given as a user would: in the environment.
+
+    A test module overrides this fixture to add its own.
+    """
+    return {}
+
+
+@pytest.fixture
+def compose(
+    base_image: str, compose_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DockerCompose]:
     # Its own project name and port, so that a lab started with `make up` is left alone.
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"maillab-test-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("MAILLAB_SMTP_PORT", str(free_port()))
     monkeypatch.setenv("MAILLAB_PYTHON_IMAGE", base_image)
+    for name, value in compose_settings.items():
+        monkeypatch.setenv(name, value)
     # `up --build` builds only the services it starts; the agent (profile tools) is built here.
     subprocess.run(
         ["docker", "compose", "--profile", "tools", "build", "agent"], cwd=ROOT, check=True, capture_output=True

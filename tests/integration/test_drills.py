@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import smtplib
 import socket
@@ -10,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
@@ -21,21 +23,34 @@ from testcontainers.compose import DockerCompose
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from tests.integration.conftest import ROOT, wait_until
-from tests.integration.test_server import read_forward
+from maillab_common import manifest
+from maillab_common.forward import Record, parse_records
+from tests.integration.conftest import (
+    copy_forward,
+    follow_logs,
+    read_forward,
+    restarted_after,
+    retry_until,
+    run_command,
+)
 
 pytestmark = pytest.mark.integration
 
 BATCH = 1000
 KILLS = 3
+STORED_BEFORE_A_KILL = 100  # messages each run of the server stores before it is killed
 IDLE_TIMEOUT = 5
 MAX_CONNECTIONS = 6
 
 
-def compose_command(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", "compose", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
+def compose_command(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return run_command("docker", "compose", *arguments)
+
+
+@pytest.fixture
+def compose_settings() -> dict[str, str]:
+    """The drills read the server's log: one JSON object a line."""
+    return {"MAILLAB_LOG_FORMAT": "json"}
 
 
 @pytest.fixture
@@ -49,56 +64,130 @@ def test_kill_9_of_the_server_three_times_during_a_batch_loses_and_doubles_nothi
     compose: DockerCompose, client: docker.DockerClient, tmp_path: Path
 ) -> None:
     server = client.containers.get(compose.get_container("server").ID)
-    command = ["docker", "compose", "run", "--rm", "-T", "agent", "batch", "--count", str(BATCH), "--seed", "77"]
+    name = f"{os.environ['COMPOSE_PROJECT_NAME']}-batch"
+    command = ["run", "--detach", "--name", name, "agent", "batch", "--count", str(BATCH), "--seed", "77"]
     # At 50 messages a second, the batch (20 s) outlasts three kills and restarts.
     command += ["--rate", "50/s", "--concurrency", "4", "--attachments", "1", "--attachment-size", "1KiB-8KiB"]
-    log = tmp_path / "agent.log"
-    with open(log, "w") as sink:
-        agent = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    started = compose_command(*command)
+    assert started.returncode == 0, started.stdout + started.stderr
+    agent = client.containers.get(name)
     try:
         # The agent checks that the server answers before it starts: the kills come after.
-        wait_until(lambda: f"sending {BATCH} messages" in log.read_text(), 120, "the agent to start sending")
+        sending = f"sending {BATCH} messages"
+        follow_logs(agent, lambda lines: any(sending in line for line in lines), 120, "the agent to start sending")
         for kills in range(1, KILLS + 1):
-            time.sleep(2.5)
-            assert agent.poll() is None, f"the batch ended before kill {kills}: {log.read_text()}"
-            kill_9(server)
+            follow_logs(server, partial(taking_mail, kills), 60, f"the server's run {kills} to store messages")
+            agent.reload()
+            assert agent.status == "running", f"the batch ended before kill {kills}: {agent.logs().decode()}"
             # compose.yaml's restart policy brings it back, not this test.
-            wait_until(partial(restarted, server, kills), 60, "the server to be restarted")
-        agent.wait(timeout=600)
+            restarted_after(partial(kill_9, server), server, 60)
+        code = agent.wait(timeout=600)["StatusCode"]
+        output = agent.logs().decode(errors="replace")
     finally:
-        if agent.poll() is None:
-            agent.kill()
-    output = log.read_text()
-    assert agent.returncode == 0, f"exit {agent.returncode}: {output}"
+        agent.remove(force=True)
+    assert code == 0, f"exit {code}: {output}"
     assert restarts(server) == KILLS, "each kill was one crash and one restart"
-    summary = next(line for line in output.splitlines() if line.startswith("│") and line.split()[1].isdigit())
-    sent, accepted, rejected, retried = (int(cell) for cell in summary.strip("│ ").split("│")[:4])
-    assert (sent, accepted, rejected) == (BATCH, BATCH, 0), output
+
+    # What the agent did, from its manifest (JSON), not from its table.
+    read = compose_command("run", "--rm", "--no-deps", "-T", "--entrypoint", "cat", "agent", "/manifests/latest.json")
+    assert read.returncode == 0, read.stdout + read.stderr
+    sent = manifest.loads(read.stdout).messages
+    assert len(sent) == BATCH and all(message.accepted for message in sent), output
+    retries = sum(message.attempts - 1 for message in sent)
+    retried = sum(message.attempts > 1 for message in sent)
     assert retried > 0, "the kills cut some messages off"
 
-    verify = compose_command("run", "--rm", "--no-deps", "-T", "inspector", "verify")
+    verify = compose_command("run", "--rm", "--no-deps", "-T", "inspector", "verify", "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert (
-        f"verify: expected {BATCH}, delivered {BATCH}, missing 0, corrupted 0, duplicated 0, unsent 0, damaged 0"
-        in verify.stdout
-    )
+    counts = json.loads(verify.stdout)
+    assert counts["ok"] and counts["findings"] == [], counts
+    assert (counts["expected"], counts["delivered"], counts["unsent"], counts["damaged"]) == (BATCH, BATCH, 0, 0)
+
     # Every forward file ends on a whole record: a torn tail was cut off when the server came back.
-    check = (
-        "import os, sys\n"
-        "from maillab_common.forward import Record, parse_records\n"
-        "for name in sorted(os.listdir('/forward')):\n"
-        "    items, rest = parse_records(open(os.path.join('/forward', name), 'rb').read())\n"
-        "    bad = [i for i in items if not isinstance(i, Record)]\n"
-        "    print(name, len(items), len(rest), len(bad))\n"
-        "    sys.exit(1) if rest or bad else None\n"
-    )
-    files = compose_command("exec", "-T", "server", "python3", "-c", check)
-    assert files.returncode == 0, files.stdout + files.stderr
-    logs = compose_command("logs", "--no-color", "server").stdout
+    files = {domain: path.read_bytes() for domain, path in copy_forward(server, tmp_path).items()}
+    stored: list[tuple[str, str]] = []  # (domain, transaction id) of every record
+    boundaries: dict[str, set[int]] = {}  # where a record starts, or the file ends
+    for domain, content in files.items():
+        items, leftover = parse_records(content)
+        assert leftover == b"" and all(isinstance(item, Record) for item in items), domain
+        records = [item for item in items if isinstance(item, Record)]
+        stored += [(domain, record.delivery.transaction_id) for record in records]
+        boundaries[domain] = {record.offset for record in records} | {len(content)}
+    assert len(set(stored)) == len(stored) == BATCH, "one record per message (one recipient each)"
+
+    runs = server_runs(server.logs().decode(errors="replace").splitlines())
+    assert len(runs) == KILLS + 1
+    # Repairs, logged as each run starts: none on a fresh volume, each file at most once a
+    # start, each cut exactly at a record boundary (what follows the cut is whole records),
+    # and each torn record was an attempt that got no reply, so it was sent again.
+    assert runs[0].repaired == [], "a fresh volume has nothing to repair"
+    for run in runs[1:]:
+        assert len({domain for domain, _ in run.repaired}) == len(run.repaired), run.repaired
+        for domain, offset in run.repaired:
+            assert offset in boundaries[domain], f"the repair of {domain} cut at {offset}, inside a record"
+    repaired = sum(len(run.repaired) for run in runs)
+    assert repaired <= retries, (repaired, retries)
+    # Deliveries: every store the server logged is on disk. A record it never logged was
+    # stored by an attempt killed before it could log and answer; the agent sent that message
+    # again with XMAILLAB-ONCE, and the server found it ("already-stored") instead of storing
+    # it twice. Only a retry can be found so.
+    logged = {(domain, txid) for run in runs for txid, domains, _ in run.deliveries for domain in domains}
+    found = [txid for run in runs for txid, _, already in run.deliveries if already]
+    assert logged <= set(stored), "a store the server logged is missing"
+    unlogged = set(stored) - logged
+    assert len(found) >= len(unlogged), (sorted(unlogged), found)
+    assert len(found) <= retries, (found, retries)
     print(
-        f"kills {KILLS}, retried {retried}, repaired tails {logs.count('repaired /forward')}, "
-        f"stored once despite a lost reply {logs.count('already-stored=')}"
+        f"kills {KILLS}, retried {retried} ({retries} retries), repaired tails {repaired}, "
+        f"stored but not logged {len(unlogged)}, found already stored {len(found)}"
     )
+
+
+@dataclass
+class Run:
+    """One run of the server, from its log: the tails it repaired as it started, then what it stored."""
+
+    repaired: list[tuple[str, int]] = field(default_factory=list)  # (domain, offset it cut at)
+    # (transaction id, domains it stored in, domains it found already stored)
+    deliveries: list[tuple[str, list[str], list[str]]] = field(default_factory=list)
+
+
+REPAIRED = re.compile(r"repaired /forward/(?P<domain>\S+): cut a torn record of \d+ bytes at offset (?P<offset>\d+)")
+DELIVERY = re.compile(
+    r"id=(?P<id>\w+) from=<.*> rcpts=\d+ bytes=\d+ domains=(?P<domains>\S*)"
+    r"(?: already-stored=(?P<already>\S+))? ms=[\d.]+"
+)
+
+
+def server_runs(lines: list[str]) -> list[Run]:
+    """The server's JSON log (MAILLAB_LOG_FORMAT=json), split into runs at each "listening on"."""
+    runs: list[Run] = []
+    repaired: list[tuple[str, int]] = []  # logged before the run's "listening on"
+    for line in lines:
+        if not line.startswith("{"):
+            continue
+        message = json.loads(line)["message"]
+        if match := REPAIRED.fullmatch(message):
+            repaired.append((match["domain"], int(match["offset"])))
+        elif message.startswith("listening on"):
+            runs.append(Run(repaired=repaired))
+            repaired = []
+        elif message.startswith("id=") and " from=<" in message:
+            match = DELIVERY.fullmatch(message)
+            assert match, f"a delivery line this test cannot read: {message}"
+            already = match["already"].split(",") if match["already"] else []
+            domains = [domain for domain in match["domains"].split(",") if domain not in already]
+            runs[-1].deliveries.append((match["id"], domains, already))
+    return runs
+
+
+def taking_mail(run: int, lines: list[str]) -> bool:
+    """Whether the server's `run`-th run has stored STORED_BEFORE_A_KILL messages: a cheap count, at every line."""
+    started = [number for number, line in enumerate(lines) if '"message": "listening on' in line]
+    if len(started) != run:
+        return False
+    stores = sum('"message": "id=' in line and " from=<" in line for line in lines[started[-1] :])
+    return stores >= STORED_BEFORE_A_KILL
 
 
 def kill_9(container: docker.models.containers.Container) -> None:
@@ -115,19 +204,10 @@ def kill_9(container: docker.models.containers.Container) -> None:
     )
 
 
-def restarted(container: docker.models.containers.Container, times: int) -> bool:
-    return restarts(container) == times and running(container)
-
-
 def restarts(container: docker.models.containers.Container) -> int:
     container.reload()
     count: int = container.attrs["RestartCount"]
     return count
-
-
-def running(container: docker.models.containers.Container) -> bool:
-    container.reload()
-    return bool(container.attrs["State"]["Running"])
 
 
 @pytest.fixture
@@ -164,6 +244,7 @@ class Drip:
     slowly: bytes
     sent: int = 0  # bytes of `slowly` sent before the server hung up
     cut_at: float | None = None  # time.monotonic() when it hung up
+    answered: threading.Event = field(default_factory=threading.Event)  # set once its opening lines were answered
 
     def run(self, where: tuple[str, int]) -> None:
         with socket.create_connection(where, timeout=30) as connection:
@@ -172,6 +253,7 @@ class Drip:
             for line in self.opening:
                 connection.sendall(line)
                 assert reply_code(reader) in (250, 354)
+            self.answered.set()
             for byte in self.slowly:
                 try:
                     connection.sendall(bytes([byte]))
@@ -204,7 +286,8 @@ def test_a_client_sending_a_byte_a_second_is_cut_off_and_blocks_nobody(strict_se
     drippers = [threading.Thread(target=drip.run, args=(where,)) for drip in (in_command, in_data)]
     for dripper in drippers:
         dripper.start()
-    time.sleep(1)
+    for drip in (in_command, in_data):  # both hold a session open, well into it, before the fast client comes
+        assert drip.answered.wait(timeout=30), drip
     with smtplib.SMTP(*where, timeout=30) as client:
         for number in range(20):
             client.sendmail("fast@sender.test", ["x@fast.test"], f"Subject: fast {number}\r\n\r\nquick\r\n".encode())
@@ -233,11 +316,11 @@ def test_past_the_connection_limit_the_server_answers_421(strict_server: DockerC
         assert held[-1].recv(1) == b"", "the 421 connection is closed"
         held.pop(0).close()
 
-        def place_taken() -> bool:  # the server learns of the close a moment later
+        def place_taken() -> bool:  # the server learns of the close a moment later: only trying tells
             with socket.create_connection(where, timeout=10) as connection:
                 return connection.makefile("rb").readline().startswith(b"220")
 
-        wait_until(place_taken, 10, "a freed place to be taken again")
+        retry_until(place_taken, 10, "a freed place to be taken again")
     finally:
         for connection in held:
             connection.close()
@@ -270,7 +353,7 @@ def test_the_lab_runs_least_privileged_and_never_connects_out(
         detach=True,
     )
     try:
-        wait_until(lambda: b"capturing" in sniffer.logs(), 30, "the capture to start")
+        follow_logs(sniffer, lambda lines: "capturing" in lines, 30, "the capture to start")
         port = int(os.environ["MAILLAB_SMTP_PORT"])
         for number in range(10):  # a connection each, so that the capture must see ten
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Lab, wait_until
+from maillab_common import manifest
+from tests.integration.conftest import Lab
 
 pytestmark = pytest.mark.integration
 
@@ -15,10 +15,10 @@ pytestmark = pytest.mark.integration
 def test_a_restart_mid_stream_misses_nothing_and_repeats_nothing(lab: Lab) -> None:
     code, output = lab.run_agent("batch", "--count", "30", "--attachments", "1", "--seed", "1")
     assert code == 0, output
-    wait_until(lambda: len(lab.inspector_lines()) == 30, 30, "the first batch to be printed")
+    lab.wait_for_printed(lambda printed: len(printed) >= 30, "the first batch to be printed")
     agent = lab.start_agent("batch", "--count", "60", "--attachments", "1", "--seed", "2", "--concurrency", "2")
     try:
-        wait_until(lambda: len(lab.inspector_lines()) > 35, 60, "the second batch to start landing")
+        lab.wait_for_printed(lambda printed: len(printed) > 35, "the second batch to start landing", 60)
         lab.start_inspector()  # docker restart: SIGTERM, then start again, mid-stream
     finally:
         assert agent.get_wrapped_container().wait(timeout=180)["StatusCode"] == 0
@@ -26,7 +26,7 @@ def test_a_restart_mid_stream_misses_nothing_and_repeats_nothing(lab: Lab) -> No
     wanted = {
         f"<batch-{seed}-{n}@maillab-agent.test>" for seed, count in ((1, 30), (2, 60)) for n in range(1, count + 1)
     }
-    wait_until(lambda: len(lab.inspector_lines()) >= 90, 30, "all 90 messages to be printed")
+    lab.wait_for_printed(lambda printed: len(printed) >= 90, "all 90 messages to be printed")
     printed = [line["message_id"] for line in lab.inspector_lines()]
     assert sorted(printed) == sorted(wanted), "each message printed exactly once across the restart"
 
@@ -38,7 +38,9 @@ def test_file_events_arrive_on_a_named_volume(lab: Lab) -> None:
     assert b"file events from InotifyObserver" in logs
     code, output = lab.run_agent("send", "--from", "a@x.test", "--to", "b@events.test", "--subject", "event")
     assert code == 0, output
-    wait_until(lambda: any(line["subject"] == "event" for line in lab.inspector_lines()), 10, "the event-driven print")
+    lab.wait_for_printed(
+        lambda printed: any(line["subject"] == "event" for line in printed), "the event-driven print", 10
+    )
 
 
 def test_verify_passes_for_a_real_batch_and_fails_for_a_corrupted_record(lab: Lab, tmp_path: Path) -> None:
@@ -50,11 +52,10 @@ def test_verify_passes_for_a_real_batch_and_fails_for_a_corrupted_record(lab: La
     assert code == 0, output
     assert "verify: expected 10, delivered 10, missing 0, corrupted 0, duplicated 0" in output
 
-    manifest = json.loads(lab.read_manifest("/manifests/latest.json"))
-    victim = manifest["messages"][3]
-    domain = victim["rcpt_tos"][0].rpartition("@")[2]
+    victim = manifest.loads(lab.read_manifest("/manifests/latest.json")).messages[3]
+    domain = victim.domains()[0]
     # Flip one byte of the victim's stored message, inside its record, as a bad disk would.
-    lab.corrupt(domain, victim["message_id"])
+    lab.corrupt(domain, victim.message_id)
     code, output = lab.run_inspector("verify", "--manifest", "/manifests/latest.json", "--timeout", "2")
     assert code == 1, output
-    assert f"{victim['message_id']} in {domain}" in output
+    assert f"corrupted: {victim.message_id} in {domain}" in output

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import run_command
 
 pytestmark = pytest.mark.integration
 
@@ -18,23 +17,13 @@ def test_make_installs_compose_v2_into_an_empty_docker_config(tmp_path: Path) ->
     config = tmp_path / "docker-config"
     config.mkdir()
     environment = {**os.environ, "DOCKER_CONFIG": str(config)}
-    before = subprocess.run(["docker", "compose", "version"], env=environment, capture_output=True, check=False)
+    before = run_command("docker", "compose", "version", env=environment)
     assert before.returncode != 0, "an empty DOCKER_CONFIG must start without the compose plugin"
 
-    made = subprocess.run(
-        ["make", "--no-print-directory", "check-compose"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    made = run_command("make", "--no-print-directory", "check-compose", env=environment)
     assert made.returncode == 0, made.stdout + made.stderr
     assert (config / "cli-plugins" / "docker-compose").is_file()
-    after = subprocess.run(
-        ["docker", "compose", "version", "--short"], env=environment, capture_output=True, text=True, check=False
-    )
+    after = run_command("docker", "compose", "version", "--short", env=environment)
     assert after.returncode == 0 and after.stdout.lstrip("v").startswith("2."), after.stdout + after.stderr
 
 
@@ -65,15 +54,7 @@ def test_a_base_image_that_cannot_be_made_stops_make_with_its_own_error(tmp_path
         "MAILLAB_LOCAL_BASE_IMAGE": "maillab/absent-base:never",
         "TMPDIR": str(tmp_path),
     }
-    made = subprocess.run(
-        ["make", "--no-print-directory", "build"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    made = run_command("make", "--no-print-directory", "build", timeout=600, env=environment)
     output = made.stdout + made.stderr
     assert made.returncode != 0, output
     assert "debootstrap is needed to build maillab/absent-base:never; install it with" in output, output

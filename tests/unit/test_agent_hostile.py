@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from maillab_agent.__main__ import EXIT_CONNECT, EXIT_NOT_ALL_ACCEPTED, EXIT_SENDER_REJECTED, EXIT_USAGE, app
+from maillab_agent.__main__ import EXIT_CONNECT, EXIT_NOT_ALL_ACCEPTED, EXIT_SENDER_REJECTED, app
 from maillab_agent.config import memory_budget
 from maillab_agent.message import MAX_BATCH_MEMORY, BadInput, batch_memory, batch_messages, build_message, parse_size
+from maillab_common.cli import EXIT_USAGE
 from tests.hostile import CONTROL_PAYLOADS, MARKUP_PAYLOADS, assert_inert, run_in_pty
 
 AGENT = shutil.which("maillab-agent", path=str(Path(sys.executable).parent)) or "maillab-agent"
@@ -214,7 +215,7 @@ SENDER = ["send", "--from", "a@x.test", "--to", "b@y.test", "--server", "127.0.0
         (["--header", "no colon"], "not of the form"),
         (["--to", "c\x85d@y.test"], "control character (U+0085"),
         (["--to", "Name <c@y.test>"], "not a valid mailbox"),
-        (["--to", "c@" + "y" * 400], "too long"),
+        (["--to", "c@" + "y" * 400], "at most 64 bytes before the @ and 255 after"),
         (["--cc", "a\udcff@y.test"], "not valid UTF-8"),
         (["--auth", "u\udcff:p"], "not valid UTF-8"),
         (["--attach", "/nonexistent/file"], "cannot read"),

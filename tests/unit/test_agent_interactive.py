@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from maillab_agent.__main__ import EXIT_SESSION_REFUSED, app
 from maillab_common.forward import Record, parse_records
-from maillab_inspector.render import attachment_payloads, parse_message, text_body
+from maillab_inspector.model import attachment_payloads, parse_message, text_body
 from tests.unit.conftest import ServerController, free_port
 
 

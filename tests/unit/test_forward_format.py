@@ -19,18 +19,7 @@ from maillab_common.forward import (
     render_record,
     to_mbox_line_endings,
 )
-
-BASE = Delivery(
-    mail_from="alice@example.test",
-    rcpt_tos=("bob@example.test",),
-    received_at=datetime(2026, 11, 28, 9, 5, 7, tzinfo=UTC),
-    transaction_id="0123456789ABCDEF",
-    helo="client.example",
-    peer="192.0.2.7",
-    server_name="maillab.test",
-    tls=False,
-    message=b"Subject: hello\nMessage-ID: <1@example.test>\n\nHello, world.\n",
-)
+from tests.helpers import BASE
 
 CASES = {
     "plain": BASE,

@@ -24,7 +24,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maillab_common.domains import normalise_domain
+from maillab_common.addresses import normalise_domain
 from maillab_common.forward import Record, parse_records
 from tests.unit.conftest import ServerController, StartServer
 

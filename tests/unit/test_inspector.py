@@ -15,15 +15,12 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Damaged, Record, render_record
-from maillab_inspector.render import as_json, as_panel, header_text, summarize
+from maillab_inspector.model import header_text, summarize
+from maillab_inspector.render import as_json, as_panel
 from maillab_inspector.tail import ForwardTail
 from maillab_server.store import ForwardStore
-from tests.unit.test_forward_format import BASE
-
-
-def record(number: int) -> bytes:
-    message = f"Subject: n{number}\nMessage-ID: <{number}@x.test>\n\nbody {number}\n".encode()
-    return render_record(replace(BASE, transaction_id=f"{number:04X}", message=message))
+from tests.helpers import BASE, MULTIPART, record
+from tests.store_helpers import deliver
 
 
 def ids(items: list[tuple[str, Record | Damaged]]) -> list[tuple[str, str]]:
@@ -32,32 +29,32 @@ def ids(items: list[tuple[str, Record | Damaged]]) -> list[tuple[str, str]]:
 
 def test_each_record_is_read_once_as_it_is_appended(tmp_path: Path) -> None:
     store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
-    store.deliver({"a.test": record(1), "b.test": record(1)})
+    deliver(store, {"a.test": record(1), "b.test": record(1)})
     assert ids(list(tail.poll_all())) == [("a.test", "0001"), ("b.test", "0001")]
     assert list(tail.poll_all()) == []
-    store.deliver({"a.test": record(2)})
+    deliver(store, {"a.test": record(2)})
     assert ids(list(tail.poll("a.test"))) == [("a.test", "0002")]
     assert list(tail.poll("a.test")) == []
 
 
 def test_skip_existing_reads_only_new_records(tmp_path: Path) -> None:
     store = ForwardStore(tmp_path)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     tail = ForwardTail(tmp_path)
     tail.skip_existing()
-    store.deliver({"a.test": record(2), "new.test": record(2)})
+    deliver(store, {"a.test": record(2), "new.test": record(2)})
     assert ids(list(tail.poll_all())) == [("a.test", "0002"), ("new.test", "0002")]
 
 
 @pytest.mark.parametrize("torn_at", [3, 50, -10], ids=["in the From line", "in the trace", "in the body"])
 def test_a_torn_tail_cut_by_the_server_is_neither_lost_nor_doubled(tmp_path: Path, torn_at: int) -> None:
     store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     with open(tmp_path / "a.test", "ab") as file:
         file.write(record(2)[:torn_at])  # the crash
     assert ids(list(tail.poll_all())) == [("a.test", "0001")]
     store.repair()  # the restart, then a delivery, both before the next poll
-    store.deliver({"a.test": record(3)})
+    deliver(store, {"a.test": record(3)})
     items = list(tail.poll_all())
     assert ids(items) == [("a.test", "0003")]
     assert isinstance(items[0][1], Record) and items[0][1].delivery.message.startswith(b"Subject: n3\n")
@@ -65,7 +62,7 @@ def test_a_torn_tail_cut_by_the_server_is_neither_lost_nor_doubled(tmp_path: Pat
 
 def test_a_replaced_file_is_read_from_its_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, tail = ForwardStore(tmp_path), ForwardTail(tmp_path)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     list(tail.poll_all())
     os.replace(tmp_path / "a.test", tmp_path / ".old")
     (tmp_path / "a.test").write_bytes(record(5) + record(6))
@@ -85,14 +82,6 @@ def test_symlinks_and_folders_in_the_volume_are_not_read(tmp_path: Path) -> None
     (tmp_path / "elsewhere" / "file").write_bytes(record(1))
     (tmp_path / "link.test").symlink_to(tmp_path / "elsewhere" / "file")
     assert list(ForwardTail(tmp_path).poll_all()) == []
-
-
-MULTIPART = (
-    b"From: a@x.test\nSubject: =?utf-8?q?caf=C3=A9?=\nMessage-ID: <m@x.test>\nMIME-Version: 1.0\n"
-    b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\nhello\n'
-    b'--b\nContent-Type: image/png\nContent-Disposition: attachment; filename="p.png"\n'
-    b"Content-Transfer-Encoding: base64\n\naGVsbG8=\n--b--\n"
-)
 
 
 def test_summaries_name_every_attachment_with_its_hash() -> None:

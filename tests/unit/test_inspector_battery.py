@@ -14,19 +14,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Record, render_record
-from maillab_inspector.render import (
-    SHOWN_CHARACTERS,
-    TOO_DEEP,
-    as_json,
-    as_line,
-    as_panel,
-    headers_shown,
-    read_contents,
-    summarize,
-)
+from maillab_inspector.model import TOO_DEEP, headers_shown, read_contents, summarize
+from maillab_inspector.render import SHOWN_CHARACTERS, as_json, as_line, as_panel
 from maillab_inspector.tail import ForwardTail
-from tests.unit.test_forward_format import BASE
-from tests.unit.test_inspector_cli import Watch, inspector
+from tests.helpers import BASE, Watch, inspector
 
 
 def record(message: bytes) -> bytes:

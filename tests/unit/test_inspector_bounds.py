@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from maillab_common.forward import Record, render_record
-from maillab_inspector.render import (
+from maillab_inspector.model import (
     FIELD_CHARACTERS,
     HEADER_BUDGET,
     MAX_PARTS,
@@ -31,10 +31,9 @@ from maillab_inspector.render import (
     parse_headers,
     summarize,
 )
+from tests.helpers import BASE, inspector
 from tests.hostile import ENCODED_WORD as WORD
 from tests.hostile import hostile_messages, multipart
-from tests.unit.test_forward_format import BASE
-from tests.unit.test_inspector_cli import inspector
 
 HOSTILE = hostile_messages()
 

@@ -4,99 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from maillab_common.forward import render_record
-from maillab_inspector.__main__ import attachment_name
+from maillab_inspector.attachments import attachment_name
 from maillab_server.store import ForwardStore
-from tests.unit.test_forward_format import BASE
-from tests.unit.test_inspector import MULTIPART
-
-
-def record(number: int, message: bytes | None = None) -> bytes:
-    body = message or f"Subject: n{number}\nMessage-ID: <{number}@x.test>\n\nbody {number}\n".encode()
-    return render_record(replace(BASE, transaction_id=f"{number:04X}", message=body))
-
-
-class Watch:
-    """`maillab-inspector watch --json` in a child process, its output read line by line."""
-
-    started: ClassVar[list[Watch]] = []  # the processes a test started, stopped in teardown
-
-    def __init__(self, forward: Path, state: Path, *arguments: str) -> None:
-        env = {
-            **os.environ,
-            "MAILLAB_FORWARD_DIR": str(forward),
-            "MAILLAB_STATE_FILE": str(state),
-            "MAILLAB_READY_FILE": str(state.with_suffix(".ready")),
-            "MAILLAB_SWEEP_INTERVAL": "0.2",
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "maillab_inspector", "watch", "--json", *arguments],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        Watch.started.append(self)
-        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.errors: list[str] = []
-        threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.process.stderr, self.errors.append), daemon=True).start()
-        self.wait_for_log("watching")
-
-    @staticmethod
-    def _pump(stream: object, put: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            put(line)  # type: ignore[operator]
-
-    def wait_for_log(self, text: str, timeout: float = 15) -> None:
-        deadline = threading.Event()
-        for _ in range(int(timeout / 0.05)):
-            if any(text in line for line in self.errors):
-                return
-            deadline.wait(0.05)
-        raise AssertionError(f"no log line with {text!r}: {self.errors}")
-
-    def subjects(self, count: int, timeout: float = 15) -> list[str]:
-        return [json.loads(self.lines.get(timeout=timeout))["subject"] for _ in range(count)]
-
-    def quiet(self, seconds: float = 1.0) -> bool:
-        try:
-            line = self.lines.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        raise AssertionError(f"unexpected output: {line}")
-
-    def wait_for_state(self, state: Path, name: str, offset: int, timeout: float = 15) -> None:
-        for _ in range(int(timeout / 0.05)):
-            try:
-                if json.loads(state.read_text())["files"][name]["offset"] == offset:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            threading.Event().wait(0.05)
-        raise AssertionError(f"the state file never reached {name} at {offset}")
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        code = self.process.wait(timeout=15)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-        return code
+from tests.helpers import MULTIPART, Watch, inspector, record
+from tests.store_helpers import deliver
 
 
 @pytest.fixture
@@ -111,37 +28,37 @@ def folders(tmp_path: Path) -> Iterator[tuple[ForwardStore, Path]]:
 
 def test_a_restart_neither_misses_nor_repeats(folders: tuple[ForwardStore, Path]) -> None:
     store, state = folders
-    store.deliver({"a.test": record(1)})  # stored before the first start: not printed
+    deliver(store, {"a.test": record(1)})  # stored before the first start: not printed
     watch = Watch(store.root, state)
-    store.deliver({"a.test": record(2), "b.test": record(3)})
+    deliver(store, {"a.test": record(2), "b.test": record(3)})
     assert sorted(watch.subjects(2)) == ["n2", "n3"]
     assert watch.stop() == 0
-    store.deliver({"a.test": record(4)})  # while the inspector is down
-    store.deliver({"c.test": record(5)})
+    deliver(store, {"a.test": record(4)})  # while the inspector is down
+    deliver(store, {"c.test": record(5)})
     watch = Watch(store.root, state)
     assert sorted(watch.subjects(2)) == ["n4", "n5"]
-    assert watch.quiet()
-    store.deliver({"a.test": record(6)})
-    assert watch.subjects(1) == ["n6"]
+    deliver(store, {"a.test": record(6)})
+    assert watch.printed_until("n6") == ["n6"], "n1 to n3 are not printed again"
     # kill -9 once the position is saved; between a print and its save, a kill would
     # print that message again (docs/inspector.md says why that window cannot close).
     watch.wait_for_state(state, "a.test", (store.root / "a.test").stat().st_size)
     assert watch.stop(signal.SIGKILL) == -signal.SIGKILL
-    store.deliver({"a.test": record(7)})
+    deliver(store, {"a.test": record(7)})
     watch = Watch(store.root, state)
     assert watch.subjects(1) == ["n7"]
-    assert watch.quiet()
+    deliver(store, {"c.test": record(8)})
+    assert watch.printed_until("n8") == ["n8"], "nothing before n7 is printed again"
     watch.stop()
 
 
 def test_from_start_prints_what_is_stored_and_domain_filters(folders: tuple[ForwardStore, Path]) -> None:
     store, state = folders
-    store.deliver({"a.test": record(1), "b.test": record(1)})
-    store.deliver({"a.test": record(2)})
+    deliver(store, {"a.test": record(1), "b.test": record(1)})
+    deliver(store, {"a.test": record(2)})
     watch = Watch(store.root, state, "--from-start", "--domain", "A.TEST")
     assert watch.subjects(2) == ["n1", "n2"]
-    store.deliver({"b.test": record(3)})
-    store.deliver({"a.test": record(4)})
+    deliver(store, {"b.test": record(3)})
+    deliver(store, {"a.test": record(4)})
     assert watch.subjects(1) == ["n4"]
     watch.stop()
 
@@ -151,28 +68,17 @@ def test_garbage_gives_a_warning_and_watching_goes_on(folders: tuple[ForwardStor
     watch = Watch(store.root, state)
     with open(store.root / "a.test", "ab") as file:
         file.write(b"this is not a record\n" * 3)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     assert watch.subjects(1) == ["n1"]
     watch.wait_for_log("damaged bytes")
     assert watch.process.poll() is None
     assert watch.stop() == 0
 
 
-def inspector(forward: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "maillab_inspector", *arguments],
-        env={**os.environ, "MAILLAB_FORWARD_DIR": str(forward), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_list_and_show_with_saved_attachments(folders: tuple[ForwardStore, Path], tmp_path: Path) -> None:
     store, _ = folders
     hostile = MULTIPART.replace(b'filename="p.png"', b'filename="../../escape.png"')
-    store.deliver({"a.test": record(1), "b.test": record(2, hostile)})
+    deliver(store, {"a.test": record(1), "b.test": record(2, hostile)})
     listing = inspector(store.root, "list")
     assert listing.returncode == 0, listing.stderr
     assert [line.split()[1] for line in listing.stdout.splitlines()] == ["a.test", "b.test"]
@@ -190,7 +96,7 @@ def test_list_and_show_with_saved_attachments(folders: tuple[ForwardStore, Path]
 
 def test_verify_exit_codes(folders: tuple[ForwardStore, Path], tmp_path: Path) -> None:
     store, _ = folders
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     entry = {
         "message_id": "<1@x.test>",
         "rcpt_tos": ["bob@a.test"],
@@ -209,6 +115,37 @@ def test_verify_exit_codes(folders: tuple[ForwardStore, Path], tmp_path: Path) -
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     absent = inspector(store.root, "verify", "--manifest", str(tmp_path / "none.json"))
     assert absent.returncode == 2 and "cannot read the manifest" in absent.stderr
+
+
+def test_verify_and_list_speak_json_for_scripts(folders: tuple[ForwardStore, Path], tmp_path: Path) -> None:
+    store, _ = folders
+    hostile_id = "<3\x1b]0;x\x07@x.test>"
+    deliver(store, {"a.test": record(1), "b.test": record(2)})
+    deliver(store, {"a.test": record(1)})  # a second copy of message 1
+    entry = {"message_id": "<1@x.test>", "rcpt_tos": ["bob@a.test"], "subject": "n1", "attachments": []}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"version": 1, "messages": [entry, {**entry, "message_id": hostile_id}]}))
+    result = inspector(store.root, "verify", "--manifest", str(manifest), "--timeout", "0", "--json")
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and len(result.stdout.splitlines()) == 1
+    report = json.loads(result.stdout)
+    assert report == {
+        "manifest": "manifest.json",
+        "ok": False,
+        **{"expected": 2, "delivered": 1, "missing": 1, "corrupted": 0, "duplicated": 1, "unsent": 0, "damaged": 0},
+        "findings": [
+            {"problem": "missing", "message_id": hostile_id, "domain": "a.test"},
+            {"problem": "duplicated", "message_id": "<1@x.test>", "domain": "a.test", "copies": 2},
+        ],
+    }
+    listed = inspector(store.root, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((line["domain"], line["subject"]) for line in lines) == [
+        ("a.test", "n1"),
+        ("a.test", "n1"),
+        ("b.test", "n2"),
+    ]
 
 
 def attachment(filename: str, data: str) -> str:

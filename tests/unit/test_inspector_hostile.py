@@ -34,9 +34,10 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Record, render_record
-from maillab_inspector.render import as_json, as_line, as_panel, summarize
+from maillab_inspector.model import summarize
+from maillab_inspector.render import as_json, as_line, as_panel
+from tests.helpers import BASE
 from tests.hostile import CONTROL_PAYLOADS, MARKUP_PAYLOADS, assert_inert, run_in_pty
-from tests.unit.test_forward_format import BASE
 
 PAYLOADS = CONTROL_PAYLOADS + MARKUP_PAYLOADS
 END = "END-OF-BATTERY"

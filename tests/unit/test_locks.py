@@ -43,5 +43,6 @@ def test_every_pin_carries_a_hash_and_the_dockerfile_requires_them(service: str)
     lock = (ROOT / "services" / service / "requirements.lock").read_text()
     entries = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n", 2)[2].strip())
     assert entries and all("==" in entry and "--hash=sha256:" in entry for entry in entries)
-    dockerfile = (ROOT / "services" / service / "Dockerfile").read_text()
-    assert f"--require-hashes --no-deps -r /src/{service}/requirements.lock" in dockerfile
+    dockerfile = (ROOT / "services" / "Dockerfile").read_text()
+    assert "--require-hashes --no-deps -r /src/${SERVICE}/requirements.lock" in dockerfile
+    assert f"FROM install AS {service}\n" in dockerfile

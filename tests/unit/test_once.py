@@ -22,8 +22,9 @@ from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
 from maillab_server.store import ForwardStore
+from tests.helpers import BASE
+from tests.store_helpers import deliver
 from tests.unit.conftest import StartServer, counting_fsyncs
-from tests.unit.test_forward_format import BASE
 
 ONE = "one.test"
 MESSAGE = b"From: a@sender.test\r\nSubject: once\r\nMessage-ID: <once@sender.test>\r\n\r\nBody.\r\n"
@@ -81,9 +82,9 @@ def test_once_looks_back_over_the_recent_window_only(tmp_path: Path) -> None:
     filler = render_record(replace(BASE, message=b"Subject: filler\n\n" + b"f" * 5000 + b"\n"))
     record = render_record(delivery)
     narrow = ForwardStore(tmp_path, recent_window=4096)
-    narrow.deliver({"a.test": record})
+    deliver(narrow, {"a.test": record})
     assert narrow.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)
-    narrow.deliver({"a.test": filler})  # now more than the window lies after it
+    deliver(narrow, {"a.test": filler})  # now more than the window lies after it
     assert narrow.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ()
     wide = ForwardStore(tmp_path)
     assert wide.submit({"a.test": [record]}, once={"a.test": delivery}).result(10) == ("a.test",)

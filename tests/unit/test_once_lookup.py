@@ -32,7 +32,7 @@ from maillab_common.forward import (
 from maillab_server import once as once_module
 from maillab_server.once import Wanted
 from maillab_server.store import ForwardStore
-from tests.unit.test_forward_format import BASE
+from tests.helpers import BASE
 
 DOMAIN = "a.test"
 

@@ -1,4 +1,4 @@
-"""Every MAILLAB_* setting is documented in the README's table, and compose passes the server's through."""
+"""MAILLAB_* settings: how values are read, the README's table of them, and compose passing them on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from maillab_common.settings import ConfigError, env_float, env_int
 
 ROOT = Path(__file__).resolve().parents[2]
 _SETTING = re.compile(r'"(MAILLAB_[A-Z0-9_]+)"')
@@ -46,3 +48,45 @@ def test_compose_passes_every_server_setting_through() -> None:
     for name, value in environment.items():
         if name.startswith("MAILLAB_"):
             assert f"${{{name}:-" in str(value), f"{name} in compose.yaml is not taken from the user's {name}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", 7),
+        (" 12 ", 12),
+        ("1", 1),
+        ("100", 100),
+        ("abc", "MAILLAB_X='abc' is not a whole number"),
+        ("1.5", "MAILLAB_X='1.5' is not a whole number"),
+        ("0", "MAILLAB_X='0' must be at least 1 and at most 100"),
+        ("101", "MAILLAB_X='101' must be at least 1 and at most 100"),
+    ],
+)
+def test_env_int_reads_a_bounded_whole_number(raw: str, expected: int | str) -> None:
+    if isinstance(expected, int):
+        assert env_int({"MAILLAB_X": raw}, "MAILLAB_X", 7, minimum=1, maximum=100) == expected
+    else:
+        with pytest.raises(ConfigError) as error:
+            env_int({"MAILLAB_X": raw}, "MAILLAB_X", 7, minimum=1, maximum=100)
+        assert str(error.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", 2.5),
+        ("0.25", 0.25),
+        ("1e3", 1000.0),
+        ("x", "MAILLAB_X='x' is not a number"),
+        ("nan", "MAILLAB_X='nan' must be at least 0.1"),
+        ("0.05", "MAILLAB_X='0.05' must be at least 0.1"),
+    ],
+)
+def test_env_float_reads_a_number_and_refuses_nan(raw: str, expected: float | str) -> None:
+    if isinstance(expected, float):
+        assert env_float({"MAILLAB_X": raw}, "MAILLAB_X", 2.5, minimum=0.1) == expected
+    else:
+        with pytest.raises(ConfigError) as error:
+            env_float({"MAILLAB_X": raw}, "MAILLAB_X", 2.5, minimum=0.1)
+        assert str(error.value) == expected

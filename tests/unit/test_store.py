@@ -15,8 +15,9 @@ import pytest
 from maillab_common.forward import Record, parse_records, render_record
 from maillab_server.errors import StorageError
 from maillab_server.store import ForwardStore
+from tests.helpers import BASE
+from tests.store_helpers import deliver
 from tests.unit.conftest import counting_fsyncs
-from tests.unit.test_forward_format import BASE
 
 
 def record(number: int) -> bytes:
@@ -42,23 +43,23 @@ def file_size_limit(limit: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
-def test_deliver_appends_one_record_per_domain(tmp_path: Path) -> None:
+def test_a_delivery_appends_one_record_per_domain(tmp_path: Path) -> None:
     store = ForwardStore(tmp_path)
-    store.deliver({"a.test": record(1), "b.test": record(1)})
-    store.deliver({"a.test": record(2)})
+    deliver(store, {"a.test": record(1), "b.test": record(1)})
+    deliver(store, {"a.test": record(2)})
     assert parsed_ids(tmp_path / "a.test") == ["0001", "0002"]
     assert parsed_ids(tmp_path / "b.test") == ["0001"]
 
 
 def test_a_failed_write_leaves_no_domain_file_changed(tmp_path: Path) -> None:
     store = ForwardStore(tmp_path)
-    store.deliver({"a.test": record(1), "b.test": record(1)})
+    deliver(store, {"a.test": record(1), "b.test": record(1)})
     before = {name: (tmp_path / name).read_bytes() for name in ("a.test", "b.test")}
     big = render_record(replace(BASE, message=b"x" * 100_000 + b"\n"))
     # a.test (written first) fits under the limit; b.test does not, half-way through.
     limit = len(before["a.test"]) + len(big) + 10
     with file_size_limit(limit), pytest.raises(StorageError) as failure:
-        store.deliver({"a.test": record(2), "b.test": big + big})
+        deliver(store, {"a.test": record(2), "b.test": big + big})
     assert failure.value.smtp_reply.startswith("451 ")
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
@@ -70,7 +71,7 @@ def test_a_symlink_planted_in_the_folder_is_never_followed(tmp_path: Path) -> No
     root.mkdir()
     (root / "evil.test").symlink_to(outside)
     with pytest.raises(StorageError):
-        ForwardStore(root).deliver({"evil.test": record(1)})
+        deliver(ForwardStore(root), {"evil.test": record(1)})
     assert outside.read_bytes() == b"precious\n"
 
 
@@ -79,19 +80,19 @@ def test_a_missing_folder_is_a_storage_error_not_a_crash(tmp_path: Path) -> None
     with pytest.raises(StorageError):
         store.check_writable()
     with pytest.raises(StorageError):
-        store.deliver({"a.test": record(1)})
+        deliver(store, {"a.test": record(1)})
 
 
 def test_repair_cuts_a_torn_last_record_and_keeps_the_rest(tmp_path: Path) -> None:
     store = ForwardStore(tmp_path)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     good_size = os.path.getsize(tmp_path / "a.test")
     with open(tmp_path / "a.test", "ab") as file:
         file.write(record(2)[:-40])  # what a kill -9 mid-append leaves
     (tmp_path / "b.test").write_bytes(record(3))
     assert store.repair() == {"a.test": len(record(2)) - 40}
     assert os.path.getsize(tmp_path / "a.test") == good_size
-    store.deliver({"a.test": record(4)})
+    deliver(store, {"a.test": record(4)})
     assert parsed_ids(tmp_path / "a.test") == ["0001", "0004"]
     assert parsed_ids(tmp_path / "b.test") == ["0003"]
 
@@ -105,11 +106,11 @@ def test_repair_leaves_hand_written_text_alone(tmp_path: Path) -> None:
 @pytest.mark.parametrize("torn_at", [1, 3, 5, 40])
 def test_repair_cuts_even_a_tear_of_a_few_bytes(tmp_path: Path, torn_at: int) -> None:
     store = ForwardStore(tmp_path)
-    store.deliver({"a.test": record(1)})
+    deliver(store, {"a.test": record(1)})
     with open(tmp_path / "a.test", "ab") as file:
         file.write(record(2)[:torn_at])
     assert store.repair() == {"a.test": torn_at}
-    store.deliver({"a.test": record(3)})
+    deliver(store, {"a.test": record(3)})
     assert parsed_ids(tmp_path / "a.test") == ["0001", "0003"]
 
 

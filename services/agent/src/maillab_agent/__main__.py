@@ -1,57 +1,38 @@
-"""The agent's command line: the only place that opens sockets, runs event loops and talks to the terminal.
+"""The agent's command line: typer commands that turn flags into calls, and results into output and exit codes.
 
-Everything it prints goes through `say` (or, in the interactive mode, `write`): text from a
-user, a message or a server's replies may hold terminal controls or rich markup, and is
-shown with its controls escaped (maillab_common.text.visible) and its brackets as they are.
-Bad input ends the program with one line and exit code 2 before anything is sent, usage
-errors included (see `main`).
+Building messages is message.py's, checking the other flags inputs.py's, one message's SMTP
+session session.py's, a batch batch.py's and its terminal output summary.py's. Everything
+printed goes through maillab_common.cli's `say` (or, in the interactive mode, `write`): text
+from a user, a message or a server's replies may hold terminal controls or rich markup, and
+is shown with its controls escaped and its brackets as they are. Bad input ends the program
+with one line and exit code 2 before anything is sent, usage errors included (see
+maillab_common.cli.run_app).
 """
 
 from __future__ import annotations
 
-import io
-import mimetypes
-import os
 import random
-import ssl
-import stat
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from maillab_agent.batch import RETRY_FOR, Outcome, send_batch, write_manifest
+from maillab_agent.batch import RETRY_FOR, send_batch, write_manifest
 from maillab_agent.config import AgentConfig, memory_budget
 from maillab_agent.config import server_address as parse_server
-from maillab_agent.interactive import compose
-from maillab_agent.message import (
-    DEFAULT_DOMAINS,
-    MAX_ATTACHMENT_SIZE,
-    Attachment,
-    BadInput,
-    Outgoing,
-    batch_messages,
-    build_message,
-    check_mailbox,
-    parse_size_range,
-    require_single_line,
-    require_text,
-)
-from maillab_agent.smtp import Observer, Reply, SmtpClient, SmtpConnectionError, SmtpError
-from maillab_common.loop import run
+from maillab_agent.inputs import parse_credentials, parse_domains, parse_header, parse_rate, read_attachments, read_body
+from maillab_agent.interactive import compose_on_stdio, show_dialog
+from maillab_agent.message import DEFAULT_DOMAINS, BadInput, batch_messages, build_message, parse_size_range
+from maillab_agent.session import Session, SessionFailed
+from maillab_agent.summary import progress_bar, show_summary
+from maillab_common.cli import env_help, fail, run_app, say
 from maillab_common.settings import ConfigError
-from maillab_common.text import visible
 
-# Exit codes of `send` and `interactive`, so that scripts can tell failures apart.
-EXIT_OK = 0
+# Exit codes, so that scripts can tell failures apart. Bad input and usage errors are
+# maillab_common.cli.EXIT_USAGE (2), as in every maillab command.
 EXIT_NOT_ALL_ACCEPTED = 1  # batch: some message was not accepted
-EXIT_USAGE = 2
 EXIT_CONNECT = 3
 EXIT_SENDER_REJECTED = 4
 EXIT_RECIPIENTS_REJECTED = 5
@@ -68,109 +49,28 @@ _EXIT_FOR_STAGE = {
 }
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Put mail into the maillab lab.")
-out = Console()
-err = Console(stderr=True)
 
-ServerOption = Annotated[str | None, typer.Option(help="HOST:PORT of the SMTP server [env MAILLAB_SERVER]")]
+ServerOption = Annotated[str | None, typer.Option(help=env_help("HOST:PORT of the SMTP server", "MAILLAB_SERVER"))]
 StartTlsOption = Annotated[bool, typer.Option(help="Upgrade the connection with STARTTLS (certificate not checked)")]
 AuthOption = Annotated[str | None, typer.Option(help="AUTH PLAIN as USER:PASS")]
 
 
-def say(text: str, *, error: bool = False, label: str = "") -> None:
-    """Print one line: its controls escaped, its markup literal, never wrapped."""
-    line = Text(visible(text))
-    if label:
-        line = Text.assemble((label, "bold red"), " ", line)
-    (err if error else out).print(line, soft_wrap=True, highlight=False)
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    say(message, error=True, label="error:")
-    raise typer.Exit(code)
-
-
-def load_config() -> AgentConfig:
+@contextmanager
+def refusing_bad_input() -> Iterator[None]:
+    """Bad input or settings end the command with their one line and exit code 2."""
     try:
-        return AgentConfig.from_env()
-    except ConfigError as exc:
+        yield
+    except (BadInput, ConfigError) as exc:
         fail(str(exc))
 
 
-def server_address(config: AgentConfig, override: str | None) -> tuple[str, int]:
+@contextmanager
+def exiting_on_session_failure() -> Iterator[None]:
+    """A failed session ends the command with its one line and the exit code of its stage."""
     try:
-        return config.server_address(override)
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def credentials(auth: str | None) -> tuple[str, str] | None:
-    if auth is None:
-        return None
-    user, colon, password = auth.partition(":")
-    if not colon or not user:
-        fail("--auth takes USER:PASS")
-    try:
-        require_text(auth, "--auth")
-    except BadInput as exc:
-        fail(str(exc))
-    return user, password
-
-
-def load_attachments(paths: list[Path]) -> list[Attachment]:
-    attachments = []
-    for path in paths:
-        try:
-            require_single_line(path.name, "an attachment's file name")
-            with open(path, "rb") as file:
-                status = os.fstat(file.fileno())
-                if not stat.S_ISREG(status.st_mode):  # a directory, a FIFO, /dev/zero
-                    fail(f"cannot attach {path}: not a regular file")
-                if status.st_size > MAX_ATTACHMENT_SIZE:
-                    fail(f"cannot attach {path}: over 1GiB")
-                data = file.read()
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}")
-        except (BadInput, ValueError) as exc:  # ValueError: a NUL in the path
-            fail(f"cannot attach {path}: {exc}")
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        attachments.append(Attachment(filename=path.name, content_type=content_type, data=data))
-    return attachments
-
-
-def deliver(
-    outgoing: Outgoing,
-    host: str,
-    port: int,
-    *,
-    timeout: float,
-    starttls: bool = False,
-    auth: tuple[str, str] | None = None,
-    observer: Observer | None = None,
-) -> dict[str, Reply]:
-    """Send one message in a session of its own; a failure ends the program with its exit code."""
-
-    async def session() -> dict[str, Reply]:
-        client = await SmtpClient.connect(host, port, timeout=timeout, observer=observer)
-        try:
-            if starttls:
-                context = ssl.create_default_context()
-                context.check_hostname = False  # a lab's certificate is self-signed
-                context.verify_mode = ssl.CERT_NONE
-                await client.starttls(context, host, "maillab-agent")
-            if auth is not None:
-                await client.login(*auth)
-            return await client.send(outgoing.mail_from, outgoing.rcpt_tos, outgoing.wire)
-        finally:
-            await client.quit()
-
-    try:
-        return run(session())
-    except SmtpConnectionError as exc:
-        fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
-    except SmtpError as exc:
-        detail = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in exc.refused.items()) or str(exc.reply)
-        what = {"rcpt": "every recipient refused", "mail": "sender refused", "data": "message refused"}
-        fail(f"{what.get(exc.stage, exc.stage + ' refused')}: {detail}", _EXIT_FOR_STAGE[exc.stage])
+        yield
+    except SessionFailed as exc:
+        fail(str(exc), _EXIT_FOR_STAGE[exc.stage])
 
 
 @app.command()
@@ -190,23 +90,15 @@ def send(
     auth: AuthOption = None,
 ) -> None:
     """Send one message built from flags."""
-    config = load_config()
-    host, port = server_address(config, server)
-    if body is not None and body_file is not None:
-        fail("give --body or --body-file, not both")
-    text = body if body is not None else "This is a maillab test message.\n"
-    if body_file is not None:
-        try:
-            text = body_file.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            fail(f"cannot read {body_file}: {exc.strerror}")
-    headers = []
-    for item in header or []:
-        name, colon, value = item.partition(":")
-        if not colon or not name.strip():
-            fail(f"--header {item!r} is not of the form 'Name: value'")
-        headers.append((name.strip(), value.strip()))
-    try:
+    with refusing_bad_input():
+        config = AgentConfig.from_env()
+        host, port = config.server_address(server)
+        if body is not None and body_file is not None:
+            raise BadInput("give --body or --body-file, not both")
+        text = body if body is not None else "This is a maillab test message.\n"
+        if body_file is not None:
+            text = read_body(body_file)
+        headers = [parse_header(item) for item in header or []]
         outgoing = build_message(
             mail_from=mail_from,
             to=to,
@@ -215,13 +107,14 @@ def send(
             subject=subject,
             body=text,
             html_body=html_body,
-            attachments=load_attachments(attach or []),
+            attachments=read_attachments(attach or []),
             headers=headers,
             message_id=f"<send-{random.getrandbits(64):016x}@maillab-agent.test>",
         )
-    except BadInput as exc:
-        fail(str(exc))
-    refused = deliver(outgoing, host, port, timeout=config.timeout, starttls=starttls, auth=credentials(auth))
+        login = parse_credentials(auth) if auth is not None else None
+    session = Session(host=host, port=port, timeout=config.timeout, starttls=starttls, credentials=login)
+    with exiting_on_session_failure():
+        refused = session.deliver(outgoing)
     for rcpt, reply in refused.items():
         say(f"refused {rcpt}: {reply}", error=True)
     accepted = len(outgoing.rcpt_tos) - len(refused)
@@ -230,7 +123,7 @@ def send(
 
 @app.command()
 def interactive(
-    host: Annotated[str | None, typer.Argument(help="SMTP server host [env MAILLAB_SERVER]")] = None,
+    host: Annotated[str | None, typer.Argument(help=env_help("SMTP server host", "MAILLAB_SERVER"))] = None,
     port: Annotated[int | None, typer.Argument(min=1, max=65535, help="SMTP server port")] = None,
     starttls: StartTlsOption = False,
     auth: AuthOption = None,
@@ -240,48 +133,27 @@ def interactive(
     Each SMTP command (C:) and server reply (S:) is printed as it happens. At end of input
     nothing is sent. Works the same with a pipe on standard input.
     """
-    config = load_config()
-    if host is None:
-        host, default_port = server_address(config, None)
-    else:
-        try:
-            host, default_port = parse_server(host, name="HOST")
-        except ConfigError as exc:
-            fail(str(exc))
-    login = credentials(auth)
-
-    def write(text: str) -> None:
-        """Prompts, errors and the dialog; a final line end is the only control that goes out as it is."""
-        line = text.removesuffix("\n")
-        sys.stdout.write(visible(line) + text[len(line) :])
-        sys.stdout.flush()
-
-    if sys.stdin is None:
-        fail("no standard input to read the message from")
-    if isinstance(sys.stdin, io.TextIOWrapper):
-        # Bytes that are not UTF-8 come through as surrogates, which the checks refuse with
-        # a clear message, instead of as a UnicodeDecodeError.
-        sys.stdin.reconfigure(errors="surrogateescape")
-    draft = compose(sys.stdin.readline, write)
-    if draft is None:
-        write("\n")
-        return
-    try:
+    with refusing_bad_input():
+        config = AgentConfig.from_env()
+        host, default_port = config.server_address() if host is None else parse_server(host, name="HOST")
+        login = parse_credentials(auth) if auth is not None else None
+        draft = compose_on_stdio()
+        if draft is None:
+            return
         outgoing = build_message(
             mail_from=draft.mail_from,
             to=draft.to,
             subject=draft.subject,
             body=draft.body,
-            attachments=load_attachments(list(draft.attachments)),
+            attachments=read_attachments(draft.attachments),
             message_id=f"<interactive-{random.getrandbits(64):016x}@maillab-agent.test>",
         )
-    except BadInput as exc:
-        fail(str(exc))
-
-    def show(side: str, line: str) -> None:
-        write(f"{side}: {line}\n")
-
-    deliver(outgoing, host, port or default_port, timeout=config.timeout, starttls=starttls, auth=login, observer=show)
+    port = port or default_port
+    session = Session(
+        host=host, port=port, timeout=config.timeout, starttls=starttls, credentials=login, observer=show_dialog
+    )
+    with exiting_on_session_failure():
+        session.deliver(outgoing)
 
 
 @app.command()
@@ -301,55 +173,34 @@ def batch(
         float, typer.Option(min=0, help="Retry a message that got a 4xx reply or was cut off for this many seconds")
     ] = RETRY_FOR,
     manifest: Annotated[
-        Path | None, typer.Option(help="Write a JSON manifest of what was sent here [env MAILLAB_MANIFEST]")
+        Path | None, typer.Option(help=env_help("Write a JSON manifest of what was sent here", "MAILLAB_MANIFEST"))
     ] = None,
     server: ServerOption = None,
 ) -> None:
     """Send COUNT generated test messages with attachments, concurrently, and report."""
-    config = load_config()
-    host, port = server_address(config, server)
-    manifest = manifest or config.manifest
-    if manifest is not None and manifest.is_dir():
-        fail(f"--manifest {manifest} is a directory: give the path of the file to write")
-    per_second = _rate(rate)
-    domain_list = tuple(domain.strip() for domain in domains.split(",") if domain.strip())
-    if not domain_list:
-        fail("--domains names no domain")
-    if seed is None:
-        seed = random.randrange(1_000_000)
-    try:
-        sizes = parse_size_range(attachment_size)
-        for domain in domain_list:
-            check_mailbox(f"user@{domain}")
+    with refusing_bad_input():
+        config = AgentConfig.from_env()
+        host, port = config.server_address(server)
+        manifest = manifest or config.manifest
+        if manifest is not None and manifest.is_dir():
+            raise BadInput(f"--manifest {manifest} is a directory: give the path of the file to write")
+        per_second = parse_rate(rate) if rate is not None else None
+        domain_list = parse_domains(domains)
+        seed = random.randrange(1_000_000) if seed is None else seed
         messages = batch_messages(
             seed=seed,
             count=count,
             attachments=attachments,
-            attachment_size=sizes,
+            attachment_size=parse_size_range(attachment_size),
             html=html,
             domains=domain_list,
             recipients_per_message=recipients_per_message,
             memory_budget=memory_budget(),
         )
-    except BadInput as exc:
-        fail(str(exc))
-    _check_reachable(host, port, config.timeout)
+    with exiting_on_session_failure():  # at once, rather than retry every message against nothing
+        Session(host=host, port=port, timeout=config.timeout).probe()
     say(f"sending {count} messages (seed {seed}) to {host}:{port} over {concurrency} connection(s)", error=True)
-    columns = (
-        TextColumn("sending"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task("sending", total=count, rate="")
-        started = progress.get_time()
-
-        def advance(_outcome: Outcome) -> None:
-            done = progress.tasks[task].completed + 1
-            progress.update(task, advance=1, rate=f"{done / max(progress.get_time() - started, 1e-6):.0f} msg/s")
-
+    with progress_bar(count) as advance:
         report = send_batch(
             messages,
             host=host,
@@ -365,74 +216,15 @@ def batch(
             write_manifest(manifest, seed=seed, server=f"{host}:{port}", messages=messages, report=report)
         except OSError as exc:
             fail(f"cannot write the manifest {manifest}: {exc.strerror}", EXIT_NOT_ALL_ACCEPTED)
-    table = Table(title=Text(f"batch {seed}"))
-    for column in ("sent", "accepted", "rejected", "retried", "msgs/s", "MB/s", "p50 ms", "p99 ms"):
-        table.add_column(Text(column), justify="right")
-    elapsed = max(report.elapsed, 1e-6)
-    cells = (
-        str(len(report.outcomes)),
-        str(report.accepted),
-        str(report.rejected),
-        str(report.retried),
-        f"{len(report.outcomes) / elapsed:.1f}",
-        f"{report.bytes_sent / elapsed / 1e6:.2f}",
-        f"{report.latency_percentile(50) * 1000:.1f}",
-        f"{report.latency_percentile(99) * 1000:.1f}",
-    )
-    table.add_row(*(Text(cell) for cell in cells))
-    out.print(table)
-    for outcome in report.outcomes:
-        if not outcome.accepted or outcome.refused:
-            what = "not accepted" if not outcome.accepted else "partly refused"
-            say(f"{what}: {messages[outcome.index].message_id}: {outcome.reply}", error=True)
+    show_summary(seed, report, messages)
     if manifest is not None:
         say(f"manifest: {manifest}")
     if report.rejected or report.partly_refused:
         raise typer.Exit(EXIT_NOT_ALL_ACCEPTED)
 
 
-def _rate(text: str | None) -> float | None:
-    if text is None:
-        return None
-    number = text.strip().removesuffix("/s")
-    try:
-        value = float(number)
-    except ValueError:
-        fail(f"--rate {text!r} is not a rate such as 50/s")
-    if not value > 0:  # also NaN
-        fail("--rate must be above 0")
-    return value
-
-
-def _check_reachable(host: str, port: int, timeout: float) -> None:
-    """Fail at once, with the connect exit code, rather than retry every message against nothing."""
-
-    async def probe() -> None:
-        client = await SmtpClient.connect(host, port, timeout=timeout)
-        await client.quit()
-
-    try:
-        run(probe())
-    except (SmtpConnectionError, SmtpError) as exc:
-        fail(f"cannot talk to {host}:{port}: {exc}", EXIT_CONNECT)
-
-
 def main() -> None:
-    """Run the CLI; a usage error is one line too (typer would draw a panel), and exit code 2."""
-    try:
-        code = app(prog_name="maillab-agent", standalone_mode=False)
-    except NoArgsIsHelpError as exc:
-        exc.show()
-        code = exc.exit_code
-    except ClickException as exc:
-        context = getattr(exc, "ctx", None)
-        hint = f" (see: {context.command_path} --help)" if context is not None else ""
-        say(exc.format_message() + hint, error=True, label="error:")
-        code = exc.exit_code
-    except typer.Abort:
-        say("aborted", error=True)
-        code = EXIT_NOT_ALL_ACCEPTED
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    run_app(app, "maillab-agent", aborted_code=EXIT_NOT_ALL_ACCEPTED)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,14 @@ a dropped connection is retried with a growing pause for up to `retry_for` secon
 enough to ride out a server restart); a 5xx reply is final. A message whose content went
 out without a reply coming back is retried with XMAILLAB-ONCE, so that a copy the server
 stored before it crashed is not stored twice. An asyncio client was chosen over smtplib
-in threads by measuring: docs/benchmarks.md has the figures.
+in threads by measuring: docs/benchmarks.md has the figures. What was sent, and how each
+message ended, is written as a maillab_common.manifest document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from maillab_agent.message import Outgoing
-from maillab_agent.smtp import Envelope, Reply, SmtpClient, SmtpConnectionError, SmtpError
+from maillab_agent.smtp import Accepted, Envelope, Refused, SmtpClient, SmtpConnectionError, SmtpError, wire_data
+from maillab_common import manifest
 from maillab_common.loop import run
 
 RETRY_FOR = 30.0
@@ -126,31 +126,43 @@ async def send_batch_async(
 ) -> BatchReport:
     jobs = _Jobs(len(messages), rate)
     outcomes: list[Outcome] = []
+    # Each message's DATA payload, made at its first attempt and sent on every retry; let go
+    # once the message has its outcome, so that at most the messages in play hold two copies.
+    wires: dict[int, bytes] = {}
 
-    def settle(job: _Job, result: dict[str, Reply] | SmtpError | SmtpConnectionError) -> None:
-        if isinstance(result, dict):
+    def envelope(job: _Job) -> Envelope:
+        message = messages[job.index]
+        data = wires.get(job.index)
+        if data is None:
+            data = wires[job.index] = wire_data(message.data)
+        return Envelope(mail_from=message.mail_from, rcpt_tos=message.rcpt_tos, data=data, once=job.maybe_stored)
+
+    def settle(job: _Job, result: Accepted[_Job] | Refused[_Job] | SmtpConnectionError) -> None:
+        if isinstance(result, Accepted):
             # Accepted, if only for some recipients: sending again would repeat it to the others.
             reply = (
                 "250 accepted"
-                if not result
-                else "accepted; refused " + "; ".join(f"{rcpt}: {rep}" for rcpt, rep in result.items())
+                if not result.refused
+                else "accepted; refused " + "; ".join(f"{rcpt}: {rep}" for rcpt, rep in result.refused.items())
             )
-            finish(job, True, reply, tuple(result))
+            finish(job, True, reply, tuple(result.refused))
             return
         refused: tuple[str, ...] = ()
         if isinstance(result, SmtpConnectionError):
             reply, transient = f"connection failed: {result}", True
         else:
-            reply, refused = f"{result.stage}: {result.reply}", tuple(result.refused)
-            if result.stage == "rcpt":
-                reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in result.refused.items())
-            transient = result.reply.transient and all(rep.transient for rep in result.refused.values())
+            error = result.error
+            reply, refused = f"{error.stage}: {error.reply}", tuple(error.refused)
+            if error.stage == "rcpt":
+                reply = "every recipient refused: " + "; ".join(f"{r}: {rep}" for r, rep in error.refused.items())
+            transient = error.reply.transient and all(rep.transient for rep in error.refused.values())
         if transient and time.monotonic() - job.started < retry_for:
             jobs.retry(job)
         else:
             finish(job, False, reply, refused)
 
     def finish(job: _Job, accepted: bool, reply: str, refused: tuple[str, ...]) -> None:
+        wires.pop(job.index, None)
         outcome = Outcome(job.index, accepted, job.attempt, reply, refused, time.monotonic() - job.started)
         outcomes.append(outcome)
         on_outcome(outcome)
@@ -176,11 +188,11 @@ async def send_batch_async(
                             client = await SmtpClient.connect(host, port, timeout=timeout)
                         except SmtpError as exc:  # a 421 greeting (too many connections), say
                             raise SmtpConnectionError(f"{exc.stage}: {exc.reply}") from exc
-                    async for job, result in client.send_stream(take, lambda job: envelope(messages[job.index], job)):
-                        in_flight.remove(job)
-                        settle(job, result)
-                        if isinstance(result, SmtpError) and result.reply.code == 421:
-                            raise SmtpConnectionError(f"the server is closing the connection: {result.reply}")
+                    async for result in client.send_stream(take, envelope):
+                        in_flight.remove(result.job)
+                        settle(result.job, result)
+                        if isinstance(result, Refused) and result.error.reply.code == 421:
+                            raise SmtpConnectionError(f"the server is closing the connection: {result.error.reply}")
                 except SmtpConnectionError as exc:
                     if client is not None:
                         client.abort()
@@ -204,30 +216,36 @@ async def send_batch_async(
     )
 
 
-def envelope(message: Outgoing, job: _Job) -> Envelope:
-    return Envelope(message.mail_from, message.rcpt_tos, message.wire, once=job.maybe_stored)
-
-
 def send_batch(messages: Sequence[Outgoing], **options: Any) -> BatchReport:
     """send_batch_async on an event loop of its own."""
     return run(send_batch_async(messages, **options))
 
 
 def write_manifest(path: Path, *, seed: int, server: str, messages: Sequence[Outgoing], report: BatchReport) -> None:
-    """Write the manifest whole or not at all: to a temporary file, then renamed."""
-    entries = []
-    for outcome in report.outcomes:
-        entry = messages[outcome.index].manifest_entry()
-        entry["accepted"] = outcome.accepted
-        entry["refused"] = list(outcome.refused)
-        entry["reply"] = outcome.reply
-        entry["attempts"] = outcome.attempts
-        entries.append(entry)
-    document = {"seed": seed, "server": server, "count": len(messages), "messages": entries}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(document, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    """Write the manifest of a batch whole or not at all (see maillab_common.manifest.write)."""
+    sent = tuple(sent_message(messages[outcome.index], outcome) for outcome in report.outcomes)
+    manifest.write(path, manifest.Manifest(seed=seed, server=server, messages=sent))
+
+
+def sent_message(message: Outgoing, outcome: Outcome) -> manifest.SentMessage:
+    """The manifest's entry for `message`, which ended as `outcome` says."""
+    return manifest.SentMessage(
+        message_id=message.message_id,
+        mail_from=message.mail_from,
+        rcpt_tos=message.rcpt_tos,
+        subject=message.subject,
+        size=len(message.data),
+        attachments=tuple(
+            manifest.SentAttachment(
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                size=len(attachment.data),
+                sha256=attachment.sha256,
+            )
+            for attachment in message.attachments
+        ),
+        accepted=outcome.accepted,
+        refused=outcome.refused,
+        reply=outcome.reply,
+        attempts=outcome.attempts,
+    )

@@ -3,18 +3,22 @@
 `compose` asks for From, To, Subject, Message (lines up to one holding only '.') and
 Attachment on the streams it is given, checks each answer and asks again after a bad one.
 It works the same whether a person types or a pipe feeds it, and returns None at end of
-input, so that nothing is sent. Sending is the caller's.
+input, so that nothing is sent. `compose_on_stdio` runs it on the process's own streams,
+where every line written has its controls escaped (`write_visible`). Sending is the caller's.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from maillab_agent.message import BadInput, check_mailbox, require_single_line, shorten
+from maillab_common.text import visible
 
 T = TypeVar("T")
 ReadLine = Callable[[], str]  # returns "" at end of input, like TextIO.readline
@@ -53,6 +57,32 @@ def compose(read_line: ReadLine, write: Write) -> Draft | None:
     if attachments is None:
         return None
     return Draft(mail_from, to, subject, "".join(f"{line}\n" for line in lines), attachments)
+
+
+def compose_on_stdio() -> Draft | None:
+    """`compose` on standard input and output; BadInput when there is no standard input."""
+    if sys.stdin is None:
+        raise BadInput("no standard input to read the message from")
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Bytes that are not UTF-8 come through as surrogates, which the checks refuse with
+        # a clear message, instead of as a UnicodeDecodeError.
+        sys.stdin.reconfigure(errors="surrogateescape")
+    draft = compose(sys.stdin.readline, write_visible)
+    if draft is None:
+        write_visible("\n")
+    return draft
+
+
+def write_visible(text: str) -> None:
+    """Prompts, errors and the dialog; a final line end is the only control that goes out as it is."""
+    line = text.removesuffix("\n")
+    sys.stdout.write(visible(line) + text[len(line) :])
+    sys.stdout.flush()
+
+
+def show_dialog(side: str, line: str) -> None:
+    """An smtp.Observer: each command (C:) and reply (S:) on a line of its own."""
+    write_visible(f"{side}: {line}\n")
 
 
 def _ask(read_line: ReadLine, write: Write, prompt: str, parse: Callable[[str], T]) -> T | None:

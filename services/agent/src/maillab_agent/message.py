@@ -1,7 +1,8 @@
 """Building the messages the agent sends: pure functions, no sockets.
 
 `build_message` makes one message from what a user typed; `batch_messages` makes a
-reproducible batch of test messages from a seed, each with attachments of varied types.
+reproducible batch of test messages from a seed, each with attachments of varied types
+(their contents come from testdata.py). How a message goes on the wire is smtp.py's.
 Every value that reaches a header or an SMTP command is checked here first: a line break
 there would inject headers or commands, and any other control character is not header text
 (RFC 5322) and would reach a terminal that shows the message. Sizes and counts are bounded,
@@ -13,17 +14,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import struct
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
-from functools import cached_property
 
-from maillab_agent.smtp import wire_data
-from maillab_common.addresses import mailbox_problem
+from maillab_agent.testdata import ATTACHMENT_KINDS, words
+from maillab_common.addresses import InvalidAddress, parse_mailbox
 
 DEFAULT_DOMAINS = ("alpha.test", "beta.test", "gamma.test")
 DEFAULT_SENDER = "agent@maillab.test"
@@ -60,13 +58,16 @@ class InvalidMailbox(BadInput):
 
 
 def check_mailbox(address: str) -> str:
-    """`address` if it is an RFC 5321 mailbox (local-part@domain); InvalidMailbox otherwise."""
+    """`address` if it is a mailbox the server takes as sender and recipient; InvalidMailbox otherwise.
+
+    maillab_common.addresses.parse_mailbox decides, so the agent refuses before connecting
+    every address the server would refuse.
+    """
     require_single_line(address, "an address")
-    if len(address) > 64 + 1 + 255:  # checked first, so that the syntax check's cost is bounded
-        raise InvalidMailbox(f"{shorten(address)} is too long: at most 64 bytes before the @ and 255 after")
-    problem = mailbox_problem(address)
-    if problem:
-        raise InvalidMailbox(f"{shorten(address)} {problem}")
+    try:
+        parse_mailbox(address)
+    except InvalidAddress as exc:
+        raise InvalidMailbox(f"{shorten(address)} is not a valid mailbox: {exc}") from None
     return address
 
 
@@ -80,18 +81,10 @@ class Attachment:
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    def manifest_entry(self) -> dict[str, object]:
-        return {
-            "filename": self.filename,
-            "content_type": self.content_type,
-            "size": len(self.data),
-            "sha256": self.sha256,
-        }
-
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A message ready for the wire, with its envelope."""
+    """A message ready to send, with its envelope."""
 
     mail_from: str
     rcpt_tos: tuple[str, ...]
@@ -99,21 +92,6 @@ class Outgoing:
     message_id: str
     attachments: tuple[Attachment, ...]
     data: bytes  # the message as sent, CRLF line endings
-
-    @cached_property
-    def wire(self) -> bytes:
-        """The DATA payload: dot-stuffed and ended by '.'; made once, sent on every attempt."""
-        return wire_data(self.data)
-
-    def manifest_entry(self) -> dict[str, object]:
-        return {
-            "message_id": self.message_id,
-            "mail_from": self.mail_from,
-            "rcpt_tos": list(self.rcpt_tos),
-            "subject": self.subject,
-            "size": len(self.data),
-            "attachments": [attachment.manifest_entry() for attachment in self.attachments],
-        }
 
 
 def require_single_line(value: str, what: str) -> str:
@@ -288,12 +266,10 @@ def batch_messages(
             for offset in range(recipients_per_message)
         ]
         files = tuple(
-            make_attachment(
-                rng, kind=(index + number) % len(ATTACHMENT_KINDS), number=number, size=rng.randint(*attachment_size)
-            )
+            _attachment(rng, kind=(index + number) % len(ATTACHMENT_KINDS), number=number, size=attachment_size)
             for number in range(attachments)
         )
-        body = _words(rng, 40) + "\n"
+        body = words(rng, 40) + "\n"
         messages.append(
             build_message(
                 mail_from=mail_from,
@@ -316,84 +292,7 @@ def batch_memory(count: int, attachments: int, attachment_size: int, recipients_
     return count * (2 * message + attachments * attachment_size)
 
 
-def make_attachment(rng: random.Random, *, kind: int, number: int, size: int) -> Attachment:
-    content_type, extension, make = ATTACHMENT_KINDS[kind]
-    return Attachment(
-        filename=f"attachment-{number + 1}.{extension}", content_type=content_type, data=make(rng, max(size, 1))
-    )
-
-
-_WORDS = ("mail", "lab", "smtp", "domain", "forward", "inspector", "agent", "server", "batch", "test")
-
-
-def _words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(count))
-
-
-def _text(rng: random.Random, size: int) -> bytes:
-    lines = []
-    total = 0
-    while total < size:
-        line = _words(rng, 10) + "\n"
-        lines.append(line)
-        total += len(line)
-    return "".join(lines).encode()[:size]
-
-
-def _csv(rng: random.Random, size: int) -> bytes:
-    rows = ["id,value,label\n"]
-    total = len(rows[0])
-    while total < size:
-        row = f"{len(rows)},{rng.random():.6f},{rng.choice(_WORDS)}\n"
-        rows.append(row)
-        total += len(row)
-    return "".join(rows).encode()
-
-
-def _png(rng: random.Random, size: int) -> bytes:
-    """A valid grey-scale PNG of about `size` bytes (stored uncompressed)."""
-    width = 64
-    height = max(1, size // (width + 1))
-    raw = b"".join(b"\x00" + rng.randbytes(width) for _ in range(height))
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
-
-
-def _pdf(rng: random.Random, size: int) -> bytes:
-    """A small valid one-page PDF whose content stream is padded to about `size` bytes."""
-    text = _words(rng, 8)
-    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET\n".encode()
-    stream += b"%" + rng.randbytes(max(0, size - len(stream))).hex().encode()[: max(0, size - len(stream) - 2)] + b"\n"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"endstream",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
-
-
-def _binary(rng: random.Random, size: int) -> bytes:
-    return rng.randbytes(size)
-
-
-ATTACHMENT_KINDS = (
-    ("text/plain", "txt", _text),
-    ("text/csv", "csv", _csv),
-    ("image/png", "png", _png),
-    ("application/pdf", "pdf", _pdf),
-    ("application/octet-stream", "bin", _binary),
-)
+def _attachment(rng: random.Random, *, kind: int, number: int, size: tuple[int, int]) -> Attachment:
+    file = ATTACHMENT_KINDS[kind]
+    data = file.make(rng, max(rng.randint(*size), 1))
+    return Attachment(filename=f"attachment-{number + 1}.{file.extension}", content_type=file.content_type, data=data)

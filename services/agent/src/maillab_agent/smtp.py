@@ -3,7 +3,8 @@
 smtplib waits for each reply before the next command. This client sends MAIL, every RCPT
 and DATA in one write when the server offers PIPELINING (RFC 2920), which halves the round
 trips per message, and it reports every command and reply to an optional observer, which
-the interactive mode prints.
+the interactive mode prints. It also owns the DATA encoding (`wire_data`): a message
+becomes dot-stuffed wire bytes here, not where it is built.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Generic, TypeVar
 
 from maillab_common.esmtp import ONCE
 
@@ -60,15 +61,57 @@ class SmtpConnectionError(Exception):
     back: the server may have stored it.
     """
 
-    unanswered: object = None
+    def __init__(self, message: str, *, unanswered: object = None) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
-class Envelope(NamedTuple):
+@dataclass(frozen=True)
+class Envelope:
     mail_from: str
     rcpt_tos: Sequence[str]
     data: bytes  # from wire_data
     # Ask for XMAILLAB-ONCE, where the server offers it: an earlier attempt may have been stored.
     once: bool = False
+
+
+@dataclass(frozen=True)
+class Accepted(Generic[Job]):
+    """send_stream's result for a message the server took, for all its recipients but `refused`."""
+
+    job: Job
+    refused: dict[str, Reply]
+
+
+@dataclass(frozen=True)
+class Refused(Generic[Job]):
+    """send_stream's result for a message the server refused, at the stage `error` names."""
+
+    job: Job
+    error: SmtpError
+
+
+@dataclass(frozen=True)
+class _Opening(Generic[Job]):
+    """A message whose MAIL, RCPT and DATA go out in this round trip (or one by one, unpipelined)."""
+
+    job: Job
+    envelope: Envelope
+    commands: list[str]
+
+
+@dataclass(frozen=True)
+class _InFlight(Generic[Job]):
+    """A message whose DATA got 354: its content opens the next round trip, its reply is read first in it."""
+
+    job: Job
+    content: bytes
+    refused: dict[str, Reply]
+
+    def settle(self, reply: Reply) -> Accepted[Job] | Refused[Job]:
+        if reply.ok:
+            return Accepted(job=self.job, refused=self.refused)
+        return Refused(job=self.job, error=SmtpError("data", reply, self.refused))
 
 
 def wire_data(message: bytes) -> bytes:
@@ -156,92 +199,85 @@ class SmtpClient:
     def pipelining(self) -> bool:
         return "PIPELINING" in self.extensions
 
-    async def send(self, mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> dict[str, Reply]:
-        """Send one message (`data` from `wire_data`); returns the refused recipients, if only some were.
+    async def send(self, envelope: Envelope) -> dict[str, Reply]:
+        """Send one message; returns the refused recipients, if only some were.
 
         Raises SmtpError when the sender, every recipient or the message itself is refused.
         """
-        jobs = [Envelope(mail_from, rcpt_tos, data)]
-        results = [result async for _, result in self.send_stream(lambda: jobs.pop() if jobs else None, lambda j: j)]
-        if isinstance(results[0], SmtpError):
-            raise results[0]
-        return results[0]
+        jobs = [envelope]
+        [result] = [result async for result in self.send_stream(lambda: jobs.pop() if jobs else None, lambda job: job)]
+        if isinstance(result, Refused):
+            raise result.error
+        return result.refused
 
     async def send_stream(
         self, take: Callable[[], Job | None], envelope: Callable[[Job], Envelope]
-    ) -> AsyncIterator[tuple[Job, dict[str, Reply] | SmtpError]]:
+    ) -> AsyncIterator[Accepted[Job] | Refused[Job]]:
         """Send what `take` hands out until it hands out None; yield each message's result in order.
 
-        A result is the recipients refused (the message was accepted for the others) or the
-        SmtpError that refused it. With PIPELINING, the next message's MAIL, RCPT and DATA go
-        out right behind the previous message's content, before its reply is read (RFC 2920
-        allows content first in a group): one round trip a message instead of two. A lost
-        connection raises SmtpConnectionError; what was taken and not yet yielded is unsent,
-        except for the error's `unanswered` job.
+        With PIPELINING, the next message's MAIL, RCPT and DATA go out right behind the
+        previous message's content, before its reply is read (RFC 2920 allows content first
+        in a group): one round trip a message instead of two. So each round trip carries at
+        most one message `_InFlight` (content out, reply to read) and one `_Opening` (envelope
+        out, replies to read). A lost connection raises SmtpConnectionError; what was taken
+        and not yet yielded is unsent, except for the error's `unanswered` job.
         """
-        pending: tuple[Job, dict[str, Reply], bytes] | None = None  # DATA accepted, content not sent yet
+        in_flight: _InFlight[Job] | None = None
         while True:
             job = take()
-            commands: list[str] = []
+            opening = None
             if job is not None:
-                mail_from, rcpt_tos, data, once = envelope(job)
-                commands = self._envelope(mail_from, rcpt_tos, len(data), once)
+                letter = envelope(job)
+                opening = _Opening(job=job, envelope=letter, commands=self._envelope(letter))
             # One write for the previous content and the next envelope: the server answers both
             # in one go, and no small segment waits on a delayed ACK (Nagle).
-            burst = pending[2] if pending is not None else b""
-            if commands and self.pipelining:
-                burst += self._encode(commands)
-            opening = (commands, rcpt_tos) if job is not None else None
-            finals: list[Reply] = []  # the previous message's reply, once read
+            burst = in_flight.content if in_flight is not None else b""
+            if opening is not None and self.pipelining:
+                burst += self._encode(opening.commands)
+            final: Reply | None = None
+            opened: _InFlight[Job] | Refused[Job] | None = None
             failure: SmtpConnectionError | None = None
             try:
-                opened = await self._timed(self._exchange(burst, pending is not None, opening, finals))
+                async with self._deadline():  # one timer for the whole round trip
+                    if burst:
+                        self._writer.write(burst)
+                        await self._drain()
+                    if in_flight is not None:
+                        final = await self._read_reply()
+                    if opening is not None:
+                        opened = await self._open(opening)
             except SmtpConnectionError as exc:
-                failure, opened = exc, None
-            if pending is not None:
-                previous, refused, _ = pending
-                pending = None
-                if finals:  # its reply came, even if the connection went right after
-                    yield previous, refused if finals[0].ok else SmtpError("data", finals[0], refused)
-                elif failure is not None:
-                    failure.unanswered = previous
+                failure = exc
+            if in_flight is not None and final is not None:  # even if the connection went right after
+                yield in_flight.settle(final)
             if failure is not None:
-                raise failure
-            if job is None:
+                unanswered = in_flight.job if in_flight is not None and final is None else None
+                raise SmtpConnectionError(str(failure), unanswered=unanswered) from failure
+            in_flight = None
+            if isinstance(opened, Refused):
+                yield opened
+            elif opened is not None:
+                if self._observe:
+                    self._observe("C", f"<message, {len(opened.content)} bytes>")
+                    self._observe("C", ".")
+                in_flight = opened
+            elif opening is None:
                 return
-            if isinstance(opened, SmtpError):
-                yield job, opened
-                continue
-            if self._observe:
-                self._observe("C", f"<message, {len(data)} bytes>")
-                self._observe("C", ".")
-            pending = (job, opened or {}, data)
 
-    async def _exchange(
-        self, burst: bytes, read_final: bool, envelope: tuple[list[str], Sequence[str]] | None, finals: list[Reply]
-    ) -> dict[str, Reply] | SmtpError | None:
-        """One round trip of send_stream, under one timer: write, then read what it answers.
-
-        The previous message's reply goes into `finals` as soon as it is read, so that it is
-        not lost when the connection fails while the next envelope's replies are read.
-        """
-        if burst:
-            self._writer.write(burst)
-            await self._drain()
-        if read_final:
-            finals.append(await self._read_reply())
-        if envelope is None:
-            return None
+    async def _open(self, opening: _Opening[Job]) -> _InFlight[Job] | Refused[Job]:
+        envelope = opening.envelope
         try:
-            return await self._open_transaction(*envelope, written=self.pipelining)
+            refused = await self._open_transaction(opening.commands, envelope.rcpt_tos, written=self.pipelining)
         except SmtpError as exc:
-            return exc
+            return Refused(job=opening.job, error=exc)
+        return _InFlight(job=opening.job, content=envelope.data, refused=refused)
 
-    def _envelope(self, mail_from: str, rcpt_tos: Sequence[str], size: int, once: bool) -> list[str]:
+    def _envelope(self, envelope: Envelope) -> list[str]:
+        mail_from, rcpt_tos = envelope.mail_from, envelope.rcpt_tos
         parameters = ""
         if "SIZE" in self.extensions:
-            parameters += f" SIZE={size}"
-        if once and ONCE in self.extensions:
+            parameters += f" SIZE={len(envelope.data)}"
+        if envelope.once and ONCE in self.extensions:
             parameters += f" {ONCE}"
         if "SMTPUTF8" in self.extensions and not all(address.isascii() for address in (mail_from, *rcpt_tos)):
             parameters += " SMTPUTF8"
@@ -260,7 +296,8 @@ class SmtpClient:
                 replies.append(await self._read_reply())
                 if number == 0 and not replies[0].ok:
                     break  # the sender refused: no RCPT
-        mail_reply, rcpt_replies, data_reply = replies[0], replies[1 : 1 + len(rcpt_tos)], replies[1 + len(rcpt_tos) :]
+        mail_reply, rcpt_replies = replies[0], replies[1 : 1 + len(rcpt_tos)]
+        data_reply = replies[1 + len(rcpt_tos)] if len(replies) > 1 + len(rcpt_tos) else None  # None: not sent
         if not mail_reply.ok:
             await self._reset_if_open(data_reply)
             raise SmtpError("mail", mail_reply)
@@ -268,15 +305,21 @@ class SmtpClient:
         if len(refused) == len(rcpt_tos):
             await self._reset_if_open(data_reply)
             raise SmtpError("rcpt", next(iter(refused.values())), refused)
-        if not data_reply or data_reply[0].code != 354:
+        if data_reply is None or data_reply.code != 354:
             await self._reset_if_open(data_reply)
-            raise SmtpError("data", data_reply[0] if data_reply else Reply(0, "no reply to DATA"))
+            raise SmtpError("data", data_reply or Reply(0, "no reply to DATA"))
         return refused
 
     async def _timed(self, step: Awaitable[T]) -> T:
+        async with self._deadline():
+            return await step
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        """Bound what runs inside by the client's timeout; running out is a lost connection."""
         try:
             async with asyncio.timeout(self._timeout):
-                return await step
+                yield
         except TimeoutError as exc:
             raise SmtpConnectionError(f"no reply within {self._timeout:g}s") from exc
 
@@ -296,8 +339,8 @@ class SmtpClient:
     def abort(self) -> None:
         self._writer.close()
 
-    async def _reset_if_open(self, data_reply: list[Reply]) -> None:
-        if data_reply and data_reply[0].code == 354:
+    async def _reset_if_open(self, data_reply: Reply | None) -> None:
+        if data_reply is not None and data_reply.code == 354:
             # A pipelined DATA was taken although the transaction failed: end it empty.
             self._writer.write(b".\r\n")
             await self._read_reply()

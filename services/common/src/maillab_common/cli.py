@@ -40,14 +40,18 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def env_help(text: str, variable: str) -> str:
-    """An option's help, naming the environment variable that supplies its default."""
-    return f"{text} [env {variable}]"
+    """An option's help, naming the environment variable that supplies its default.
+
+    In parentheses: typer renders help as rich markup, where "[env X]" would be a tag and vanish.
+    """
+    return f"{text} (env {variable})"
 
 
-def run_app(app: typer.Typer, prog_name: str, *, aborted_code: int = 1) -> NoReturn:
-    """Run a typer app; a usage error is one line (typer would draw a panel), exit code 2."""
+def run_app(app: typer.Typer, prog_name: str, *, aborted_code: int = 1, args: list[str] | None = None) -> NoReturn:
+    """Run a typer app on `args` (the command line's by default); a usage error is one line (typer would draw a
+    panel), exit code 2."""
     try:
-        code = app(prog_name=prog_name, standalone_mode=False)
+        code = app(args=args, prog_name=prog_name, standalone_mode=False)
     except NoArgsIsHelpError as exc:
         exc.show()
         code = exc.exit_code

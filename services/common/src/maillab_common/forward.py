@@ -7,7 +7,8 @@ exact byte length of the stored message, so a reader can tell a complete record 
 torn one. docs/forward-format.md describes the same bytes in prose.
 
 Everything here is pure: bytes in, values out. Only the server's store writes these
-files and only the inspector's tail reads them.
+files. The inspector reads them through its tail alone; the server reads back what its
+store wrote (the XMAILLAB-ONCE lookup, the start-up repair), from inside the store.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def to_mbox_line_endings(message: bytes) -> bytes:
 
 
 def render_body(message: bytes) -> bytes:
-    """The stored form of a message: LF line endings, mboxrd-escaped. The same for every domain."""
-    body = to_mbox_line_endings(message)
-    if b"From " in body:  # a quick look first: most messages have no such line
-        body = _FROM_LINE_ESCAPE.sub(rb">\1", body)
-    return body
+    """The stored form of a message: LF line endings, mboxrd-escaped. The same for every domain.
+
+    `BodyRenderer` given the whole message at once: a held message and a spooled one are
+    rendered by the same code. A message with nothing to change comes back as it is.
+    """
+    renderer = BodyRenderer()
+    body = renderer.feed(message)
+    end = renderer.finish()
+    return body + end if end else body
 
 
 # The end of a line start that may yet become an escaped line: ">"s, then a part of "From".
@@ -118,7 +123,10 @@ _FROM_LINE_START = re.compile(rb">*(F|Fr|Fro|From)?\Z")
 
 
 class BodyRenderer:
-    """`render_body`, a chunk at a time, for a message too large to hold: the same bytes, however cut.
+    """The stored form of a message (LF line endings, mboxrd-escaped), a chunk at a time: the same bytes, however cut.
+
+    This is the one rendering of a body: `render_body` gives it the whole message at once,
+    and a spool (a message too large to hold) a chunk at a time.
 
     `feed` takes the next bytes of the message and returns the next bytes of its stored form;
     `finish` returns the last ones. Between chunks it holds back only what the next chunk
@@ -201,7 +209,11 @@ RECORD_END = b"\n"
 
 
 def render_record(delivery: Delivery) -> bytes:
-    """The bytes to append to a forward file for one delivery: trace, body, end."""
+    """The bytes to append to a forward file for one delivery: trace, body, end.
+
+    The server writes each record as these same three parts (the body rendered once for
+    every domain of a message, or spooled); tests and benchmarks write this.
+    """
     body = render_body(delivery.message)
     return b"".join((render_trace(delivery, len(body)), body, RECORD_END))
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from maillab_common.domains import InvalidAddress, domain_of
+from maillab_common.addresses import InvalidAddress, domain_of
 
 VERSION = 1
 
@@ -81,7 +81,9 @@ def loads(text: str) -> Manifest:
         raise ManifestError(f"manifest version {version!r}: this inspector reads version {VERSION}")
     try:
         messages = tuple(_message(entry) for entry in document["messages"])
-        manifest = Manifest(seed=int(document.get("seed", 0)), server=str(document.get("server", "")), messages=messages)
+        manifest = Manifest(
+            seed=int(document.get("seed", 0)), server=str(document.get("server", "")), messages=messages
+        )
         for message in messages:
             message.domains()
     except (KeyError, TypeError, ValueError, AttributeError, InvalidAddress) as exc:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 
 class ConfigError(ValueError):
@@ -15,31 +16,31 @@ def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     return value or default
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+N = TypeVar("N", int, float)
+
+
+def _env_number(
+    env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], kind: str, minimum: N, maximum: N | None
+) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name}={raw!r} is not {kind}") from None
+    if not value >= minimum or (maximum is not None and value > maximum):  # `not >=` also refuses NaN
         upper = "" if maximum is None else f" and at most {maximum}"
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}{upper}")
     return value
 
 
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    return _env_number(env, name, default, int, "a whole number", minimum, maximum)
+
+
 def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:  # also rejects NaN
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+    return _env_number(env, name, default, float, "a number", minimum, None)
 
 
 def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -1,4 +1,7 @@
-"""Reading forward files as they grow: the only code that reads them.
+"""Reading forward files as they grow: the inspector's only reader of them.
+
+Every command (`watch`, `list`, `show`, `verify`) reads the forward folder through a
+`ForwardTail` and nothing else; the watcher's file events only say which file to read.
 
 For each domain file the tail remembers how far it has read and the bytes of a record not
 yet complete. Each poll reads only what was appended since, under a shared flock (the

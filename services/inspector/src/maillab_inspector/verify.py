@@ -1,23 +1,25 @@
-"""Checking a batch against the agent's manifest: pure arithmetic over what was found.
+"""Checking a batch against the agent's manifest: what it promises, what arrived, and the count.
 
 A manifest entry the server accepted is expected once in the forward file of each domain
 among its recipients (less any it refused), with the same subject and the same attachments
-(filename and SHA-256, in order).
+(filename and SHA-256, in order). `expected_deliveries` and `check` are pure arithmetic;
+`collect` reads the forward folder (through the tail) until what is expected is there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from maillab_common.domains import InvalidAddress, domain_of
-from maillab_inspector.render import MessageSummary
+from maillab_common.forward import Damaged
+from maillab_common.manifest import Manifest
+from maillab_inspector.model import MessageSummary, thorough_budget
+from maillab_inspector.stored import summary as read_summary
+from maillab_inspector.tail import ForwardTail
 
 Key = tuple[str, str]  # (Message-ID, domain)
-
-
-class ManifestError(ValueError):
-    """The manifest is not one the agent writes."""
+POLL_INTERVAL = 0.2  # seconds between two reads of the folder while deliveries are missing
 
 
 @dataclass(frozen=True)
@@ -46,23 +48,53 @@ class VerifyReport:
         return not (self.missing or self.corrupted or self.duplicated)
 
 
-def expected_deliveries(manifest: object) -> tuple[list[Expected], int]:
+def expected_deliveries(manifest: Manifest) -> tuple[list[Expected], int]:
     """What the manifest promises, and how many of its messages were never accepted."""
-    try:
-        entries = manifest["messages"]  # type: ignore[index]
-        expected: list[Expected] = []
-        not_accepted = 0
-        for entry in entries:
-            if not entry.get("accepted", True):
-                not_accepted += 1
-                continue
-            refused = set(entry.get("refused", []))
-            attachments = tuple((a["filename"], a["sha256"]) for a in entry["attachments"])
-            domains = dict.fromkeys(domain_of(rcpt) for rcpt in entry["rcpt_tos"] if rcpt not in refused)
-            expected += [Expected(entry["message_id"], domain, entry["subject"], attachments) for domain in domains]
-    except (KeyError, TypeError, AttributeError, InvalidAddress) as exc:
-        raise ManifestError(f"not an agent manifest: {exc!r}") from None
+    expected: list[Expected] = []
+    not_accepted = 0
+    for message in manifest.messages:
+        if not message.accepted:
+            not_accepted += 1
+            continue
+        attachments = tuple((attachment.filename, attachment.sha256) for attachment in message.attachments)
+        expected += [Expected(message.message_id, domain, message.subject, attachments) for domain in message.domains()]
     return expected, not_accepted
+
+
+@dataclass
+class Collected:
+    found: dict[Key, list[MessageSummary]] = field(default_factory=dict)  # every copy of each wanted delivery
+    damaged: int = 0  # stretches of damaged bytes passed on the way
+
+
+def collect(
+    tail: ForwardTail,
+    wanted: set[Key],
+    timeout: float,
+    progress: Callable[[int], object] = lambda found: None,
+    poll_interval: float = POLL_INTERVAL,
+) -> Collected:
+    """Read the forward folder until every wanted delivery is found or `timeout` seconds have passed.
+
+    Reads at least once. After each read of the folder, `progress` is given how many of
+    `wanted` have been found so far.
+    """
+    collected = Collected()
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, item in tail.poll_all():
+            if isinstance(item, Damaged):
+                collected.damaged += 1
+                continue
+            found = read_summary(name, item)
+            if found is not None and (found.message_id, name) in wanted:
+                if found.problem:  # past a summary's budget, perhaps: a batch's own message is read whole
+                    found = read_summary(name, item, thorough_budget()) or found
+                collected.found.setdefault((found.message_id, name), []).append(found)
+        progress(len(collected.found))
+        if len(collected.found) == len(wanted) or time.monotonic() >= deadline:
+            return collected
+        time.sleep(poll_interval)
 
 
 def check(
@@ -90,9 +122,9 @@ def _difference(item: Expected, summary: MessageSummary) -> str:
         return summary.problem
     if summary.subject != item.subject:
         return f"subject {summary.subject!r}, expected {item.subject!r}"
-    stored = tuple((a.filename, a.sha256) for a in summary.attachments)
-    if stored != item.attachments:
-        return f"attachments {_names(stored)} differ from {_names(item.attachments)}"
+    delivered = tuple((a.filename, a.sha256) for a in summary.attachments)
+    if delivered != item.attachments:
+        return f"attachments {_names(delivered)} differ from {_names(item.attachments)}"
     return ""
 
 

@@ -1,9 +1,14 @@
-"""The server's entry point: the only place that touches sockets, signals and the event loop."""
+"""The server's entry point: the only place that touches sockets, signals and the event loop.
+
+`maillab-server` alone serves, as `maillab-server serve` does; `maillab-server healthcheck`
+is the container's health check. Each setting's `--flag VALUE` on `serve` (config.FLAGS)
+overrides its MAILLAB_* variable and goes through the same checks.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -13,8 +18,11 @@ import smtplib
 import ssl
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
+import typer
+
+from maillab_common.cli import EXIT_USAGE, fail, run_app, say
 from maillab_common.loop import run
 from maillab_common.settings import ConfigError
 from maillab_common.text import visible
@@ -27,44 +35,81 @@ from maillab_server.store import RECENT_WINDOW, ForwardStore
 log = logging.getLogger("maillab_server")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maillab-server", description="maillab's ESMTP server")
-    commands = parser.add_subparsers(dest="command")
-    serve_parser = commands.add_parser("serve", help="run the SMTP server in the foreground (the default)")
-    for flag, variable in FLAGS.items():
-        serve_parser.add_argument(flag, dest=variable, metavar="VALUE", help=f"overrides ${variable}")
-    commands.add_parser("healthcheck", help="exit 0 when the server answers SMTP on its port")
-    args = parser.parse_args(argv)
-    overrides = {name: value for name, value in vars(args).items() if name.startswith("MAILLAB_") and value}
+app = typer.Typer(add_completion=False, help="maillab's ESMTP server.")
+
+
+@app.callback(invoke_without_command=True)
+def _default(context: typer.Context) -> None:
+    """maillab's ESMTP server: serves when no command is given."""
+    if context.invoked_subcommand is None:
+        raise typer.Exit(serve(configured({})))
+
+
+# serve's options, one a setting, from FLAGS: parameter name -> (flag, variable).
+_FLAG_OPTIONS = {flag.removeprefix("--").replace("-", "_"): (flag, variable) for flag, variable in FLAGS.items()}
+
+
+def _serve_command(**values: str | None) -> None:
+    # A flag's value is applied as its variable's, so that both go through the same checks.
+    overrides = {_FLAG_OPTIONS[name][1]: value for name, value in values.items() if value}
+    raise typer.Exit(serve(configured(overrides)))
+
+
+_options = [
+    inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[str | None, typer.Option(flag, metavar="VALUE", help=f"Overrides ${variable}.")],
+    )
+    for name, (flag, variable) in _FLAG_OPTIONS.items()
+]
+# typer reads a command's options from its signature: this one's is built from the table above.
+setattr(_serve_command, "__signature__", inspect.Signature(_options))  # noqa: B010
+_serve_command.__annotations__ = {option.name: option.annotation for option in _options}
+app.command("serve", help="Run the SMTP server in the foreground (the default).")(_serve_command)
+
+
+@app.command("healthcheck")
+def _healthcheck_command() -> None:
+    """Exit 0 when the forward folder is writable and the server answers SMTP on its port."""
+    raise typer.Exit(healthcheck(configured({})))
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    run_app(app, "maillab-server", args=argv)
+
+
+def configured(overrides: dict[str, str]) -> ServerConfig:
+    """The settings from the environment and `overrides` (variable -> a flag's value).
+
+    A wrong one stops the command with one line that names it as it was given, flag or variable.
+    """
     try:
-        config = ServerConfig.from_env({**os.environ, **overrides})
+        return ServerConfig.from_env({**os.environ, **overrides})
     except ConfigError as exc:
         message = str(exc)
         for flag, variable in FLAGS.items():
             if variable in overrides:
                 message = message.replace(variable, flag)
-        print(f"maillab-server: {message}", file=sys.stderr)
-        return 2
-    if args.command == "healthcheck":
-        return healthcheck(config)
-    return serve(config)
+        fail(message, EXIT_USAGE)
 
 
 def healthcheck(config: ServerConfig) -> int:
     try:
         ForwardStore(config.forward_dir).check_writable()
     except StorageError as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
+        say(f"unhealthy: {exc}", error=True)
         return 1
     try:
         # A fixed local name: smtplib would otherwise look its own up, a DNS query per check.
         with smtplib.SMTP("127.0.0.1", config.port, local_hostname="localhost", timeout=5) as client:
             code, reply = client.noop()
     except (OSError, smtplib.SMTPException) as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
+        say(f"unhealthy: {exc}", error=True)
         return 1
     if code != 250:
-        print(f"unhealthy: NOOP answered {code} {reply.decode(errors='replace')}", file=sys.stderr)
+        say(f"unhealthy: NOOP answered {code} {reply.decode(errors='replace')}", error=True)
         return 1
     return 0
 
@@ -163,4 +208,4 @@ async def _serve(config: ServerConfig, factory: Callable[[], LabSMTP], sessions:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from maillab_common.domains import InvalidAddress, domain_of, group_by_domain
+from maillab_common.addresses import InvalidAddress, check_recipient, check_sender, group_by_domain
 from maillab_common.esmtp import ONCE
 from maillab_common.forward import (
     RECORD_END,
@@ -30,11 +30,6 @@ from maillab_server.spool import LabEnvelope, Spool
 from maillab_server.store import ForwardStore, Part
 
 log = logging.getLogger(__name__)
-
-
-def has_unacceptable_characters(text: str) -> bool:
-    """Control characters and Unicode line or paragraph separators: none belongs in an address."""
-    return not text.isprintable()
 
 
 def trace_safe(text: str) -> str:
@@ -78,9 +73,10 @@ class ForwardHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        if has_unacceptable_characters(address):
-            reply = "553 5.1.7 The sender address holds characters not allowed in an address"
-            return _refused(session, "sender", address, reply)
+        try:
+            check_sender(address)
+        except InvalidAddress as exc:
+            return _refused(session, "sender", address, f"553 5.1.7 {exc}")
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -90,11 +86,8 @@ class ForwardHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self._config.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self._config.max_recipients})"
-        if has_unacceptable_characters(address):
-            reply = "553 5.1.3 The recipient address holds characters not allowed in an address"
-            return _refused(session, "recipient", address, reply)
         try:
-            domain_of(address)
+            check_recipient(address)
         except InvalidAddress as exc:
             return _refused(session, "recipient", address, f"553 5.1.3 {exc}")
         envelope.rcpt_tos.append(address)

@@ -4,8 +4,8 @@
 and closed. On shutdown, a connection in the middle of DATA may finish its message; every
 other command, on every connection, is answered 421 and the connection closed.
 
-This leans on two internals of aiosmtpd 1.4 (`_handle_client` and `_smtp_methods`), which
-is why pyproject pins aiosmtpd below 2.
+This is the lab's policy only: what it needs of aiosmtpd's internals goes through
+smtp_base.py, the one module that touches them.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import syntax
 
 from maillab_common.addresses import parse_path
 from maillab_common.esmtp import ONCE
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner
+from maillab_server.smtp_base import SMTPBase
 from maillab_server.spool import LabEnvelope, Spool
 from maillab_server.tls import LabLogins, tls_context
 
@@ -63,7 +64,13 @@ class Sessions:
         await asyncio.gather(*(session.close_with_421() for session in list(self.open)))
 
 
-class LabSMTP(SMTP):
+class LabSMTP(SMTPBase):
+    envelope_class = LabEnvelope
+    # aiosmtpd refuses any MAIL parameter it does not know itself (and any with a "-"): this
+    # one gets past, and stays in mail_options for the handler. RCPT passes it too, where
+    # the handler ignores it rather than refuses it.
+    passed_parameters = frozenset({ONCE})
+
     def __init__(
         self, handler: Any, *, sessions: Sessions, max_line_length: int, lenient: bool = False, **options: Any
     ) -> None:
@@ -76,26 +83,33 @@ class LabSMTP(SMTP):
         # Without users AUTH can only fail: it is neither advertised (see the handler's EHLO) nor taken.
         self.auth_enabled = options.get("authenticator") is not None
         self._auth_failures = 0
+        self.refused = False  # answered 421 as it came: aiosmtpd never saw the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The second call, after STARTTLS, finds the connection already counted.
+        if self.transport is None and (reason := self._refusal()) is not None:
+            self.refused = True
+            log.warning("refused %r: %s", transport.get_extra_info("peername"), reason)
+            connection: Any = transport  # a stream transport: it can write
+            connection.write(f"421 4.3.2 {self.hostname} {reason}; try again later\r\n".encode())
+            connection.close()  # once the reply is sent
+            return
         super().connection_made(transport)
-        self._sessions.open.add(self)  # a set: the second call after STARTTLS adds nothing
+        self._sessions.open.add(self)
+
+    def _refusal(self) -> str | None:
+        """Why a new connection is answered 421 instead of the greeting, if it is."""
+        if self._sessions.closing:
+            return "shutting down"
+        if len(self._sessions.open) >= self._sessions.max_connections:
+            return f"too many connections (at most {self._sessions.max_connections})"
+        return None
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
         self._sessions.open.discard(self)
         super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if self._sessions.closing:
-            await self.close_with_421()
-            return
-        if len(self._sessions.open) > self._sessions.max_connections:
-            log.warning(
-                "refused %r: already %d connections", self.session and self.session.peer, self._sessions.max_connections
-            )
-            await self.close_with_421(f"too many connections (at most {self._sessions.max_connections})")
-            return
-        await super()._handle_client()
 
     @syntax("AUTH <mechanism>", when="auth_enabled")
     async def smtp_AUTH(self, arg: str) -> None:
@@ -142,12 +156,8 @@ class LabSMTP(SMTP):
             spool_threshold=getattr(handler, "spool_threshold", None),
         )
         spool: Spool | None = None
-        reader: Any = self._reader
-        # The reader pauses the socket past twice its limit (the longest command line), which
-        # would cut DATA into 2 KiB reads; raised while DATA lasts, reads take what has come.
-        line_limit, reader._limit = reader._limit, _DATA_READ
         try:
-            try:
+            with self.bulk_reader(_DATA_READ) as reader:
                 while (finished := scanner.feed(await reader.read(_DATA_READ) or b"")) is None:
                     if scanner.spooling:
                         if spool is None:
@@ -155,14 +165,11 @@ class LabSMTP(SMTP):
                         spool.write(scanner.take())
                     if reader.at_eof():
                         return  # the client went away in the middle: nothing to store
-            finally:
-                reader._limit = line_limit
-            if finished.rest:
-                reader._buffer[0:0] = finished.rest  # pipelined commands, for the command loop
+            self.unread(finished.rest)  # pipelined commands, for the command loop
             if finished.problem is not None or finished.message is None:
                 if spool is not None:
                     spool.close()  # before the reply: its disk space is free when the client hears
-                self._end_transaction()
+                self.end_transaction()
                 await self.push(finished.problem.value if finished.problem else "451 4.3.0 Error")
                 return
             if spool is not None:
@@ -174,17 +181,15 @@ class LabSMTP(SMTP):
                 # may drop the message once converted: a message is never held more than twice.
                 envelope.content = envelope.original_content = bytes(finished.message)
             del finished
-            status = await self._call_handler_hook("DATA")
-            self._end_transaction()
-            await self.push("250 OK" if status is MISSING else status)
+            hook = getattr(handler, "handle_DATA", None)
+            status = "250 OK" if hook is None else await hook(self, self.session, envelope)
+            self.end_transaction()
+            await self.push(status)
         finally:
             if spool is not None:
                 spool.close()
             if envelope.spool is not None:  # a handler without handle_DATA, or one that failed
                 envelope.spool.close()
-
-    def _create_envelope(self) -> LabEnvelope:
-        return LabEnvelope()
 
     async def push(self, status: str | bytes) -> None:
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
@@ -201,7 +206,7 @@ class LabSMTP(SMTP):
             text = _CONTROL_CHARACTERS.sub("?", text).encode("utf-8", "replace").decode("utf-8")
         await super().push(text)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+    def parse_address(self, arg: str) -> tuple[str | None, str | None]:
         """The address of a MAIL, RCPT or VRFY argument, and the text after it (its parameters).
 
         aiosmtpd parses addresses with the email package's RFC 5322 parser: slow on a plain
@@ -219,24 +224,11 @@ class LabSMTP(SMTP):
             return None, None
         return address, rest
 
-    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
-        """aiosmtpd's parameter parser, past which XMAILLAB-ONCE gets: it stays in mail_options.
-
-        aiosmtpd refuses any MAIL parameter it does not know itself (and any with a "-"). This
-        parser also serves RCPT, where XMAILLAB-ONCE is then ignored rather than refused.
-        """
-        parsed: dict[str, str | bool] | None = super()._getparams([param for param in params if param != ONCE])
-        return parsed
-
-    def _end_transaction(self) -> None:
-        protocol: Any = self  # aiosmtpd's method is not annotated
-        protocol._set_post_data_state()
-
     def refuse_commands(self) -> None:
-        async def shutting_down(arg: str) -> None:
+        async def shutting_down(arg: str | None) -> None:
             await self.close_with_421()
 
-        self._smtp_methods = dict.fromkeys(self._smtp_methods, shutting_down)
+        self.answer_every_command_with(shutting_down)
 
     async def close_with_421(self, reason: str = "shutting down") -> None:
         """Say 421 and close; a client that does not read its replies is cut off after a moment."""

@@ -2,8 +2,10 @@
 
 A delivery is all or nothing. The record is appended to every domain's file under an
 exclusive flock (readers take a shared one), every file is fsynced, and so is the folder
-when a file was created; only then does `deliver` return and the handler answer 250. On
-any failure each file is cut back to the size it had, so nothing half-written is left.
+when a file was created; only then is the future `submit` returned done and does the handler
+answer 250. On any failure each file is cut back to the size it had, so nothing
+half-written is left. `submit` is the one way in: the server and the tests both write
+through it (tests/store_helpers.py waits for its future).
 
 XMAILLAB-ONCE's lookup (once.py) runs here, on the commit thread, before each round's
 append; a copy it finds is fsynced before the retry is told so.
@@ -54,7 +56,7 @@ class ForwardStore:
         self._durable: dict[str, tuple[int, int, int]] = {}
 
     def submit(self, records: Parts, once: Mapping[str, Delivery] | None = None) -> Future[tuple[str, ...]]:
-        """`deliver`, by group commit: what waits at the same moment goes to disk together.
+        """Append each domain's record, durably, or none of them: by group commit, with what waits alongside.
 
         Each domain's record comes in parts (trace, body, end), so that one body can serve
         every domain of a message without being copied.
@@ -184,10 +186,6 @@ class ForwardStore:
             raise StorageError(f"the forward folder {self.root} does not exist")
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageError(f"the forward folder {self.root} is not writable by uid {os.getuid()}")
-
-    def deliver(self, records: Mapping[str, bytes]) -> None:
-        """Append each domain's record to its forward file, durably, or none of them."""
-        self._append({domain: [record] for domain, record in records.items()})
 
     def _append(self, records: Mapping[str, Sequence[Part]]) -> None:
         domains = sorted(records)  # one lock order for everyone: no deadlock

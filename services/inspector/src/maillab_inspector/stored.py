@@ -1,0 +1,71 @@
+"""The stored messages as every command sees them: the tail's records, made summaries.
+
+The tail (tail.py) reads the forward files and the model (model.py) takes each record
+apart; this is where the two meet, for `watch`, `list`, `show` and `verify` alike. What
+cannot be read (damaged bytes, a message the email package trips over) is logged here, once,
+and skipped: it never stops a command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+
+from maillab_common.forward import Damaged, Record
+from maillab_inspector.model import Budget, MessageSummary, header_text, parse_headers, summarize
+from maillab_inspector.tail import ForwardTail
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, Record | Damaged]  # a forward file's name, and what the tail read from it
+
+
+def poll(tail: ForwardTail, only: str | None = None, name: str | None = None) -> Iterator[Item]:
+    """What is new in the file `name` (every file when None), if it is `only` (when given)."""
+    if only is not None:
+        return tail.poll(only) if name in (None, only) else iter(())
+    return tail.poll(name) if name is not None else tail.poll_all()
+
+
+def summary(domain: str, record: Record, budget: Budget | None = None) -> MessageSummary | None:
+    """The record's summary, its problem logged; None (logged) where the email package gives up."""
+    try:
+        found = summarize(domain, record, budget)
+    except Exception as exc:  # a message the email package cannot take apart must not stop the inspector
+        log.warning("%s: the message at offset %d cannot be summarised: %s", domain, record.offset, exc)
+        return None
+    if found.problem:
+        log.warning("%s: the message at offset %d: %s", domain, record.offset, found.problem)
+    return found
+
+
+def summaries(items: Iterable[Item]) -> Iterator[MessageSummary]:
+    """A summary of each record among `items`; damaged bytes are logged and skipped."""
+    for name, item in items:
+        if isinstance(item, Damaged):
+            log.warning("%s: %d damaged bytes at offset %d: %s", name, item.length, item.offset, item.reason)
+            continue
+        found = summary(name, item)
+        if found is not None:
+            yield found
+
+
+def find(tail: ForwardTail, message_id: str) -> tuple[str, Record] | None:
+    """The first stored record whose Message-ID is `message_id` (with or without <>), and its file."""
+    wanted = message_id.strip().strip("<>")
+    for name, item in tail.poll_all():
+        # Only the headers: cheap, and most messages are not the one.
+        if isinstance(item, Record) and header_text(parse_headers(item), "Message-ID").strip("<>") == wanted:
+            return name, item
+    return None
+
+
+def warn_unfinished(tail: ForwardTail) -> None:
+    """Log each file the tail read that ends in part of a record."""
+    for name, length in tail.unfinished().items():
+        log.warning(
+            "%s: its last %d bytes are not a whole record: one being written, or a torn one that "
+            "the server cuts off when it next starts",
+            name,
+            length,
+        )

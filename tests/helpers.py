@@ -1,0 +1,165 @@
+"""What several test modules share: a delivery to vary, a MIME message, and the inspector as a process.
+
+- `BASE`: one delivery, built by keyword; tests `replace` what they vary.
+- `MULTIPART`: a message with an encoded subject, a text body and one attachment.
+- `record`: message number N (subject `nN`, Message-ID `<N@x.test>`) as the server stores it.
+- `Watch`: `maillab-inspector watch --json` in a child process, its output read line by line.
+- `inspector`: any other inspector command, run to its end.
+- `wait_until`: wait for an observable condition, with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar, TextIO
+
+from maillab_common.forward import Delivery, render_record
+
+BASE = Delivery(
+    mail_from="alice@example.test",
+    rcpt_tos=("bob@example.test",),
+    received_at=datetime(2026, 11, 28, 9, 5, 7, tzinfo=UTC),
+    transaction_id="0123456789ABCDEF",
+    helo="client.example",
+    peer="192.0.2.7",
+    server_name="maillab.test",
+    tls=False,
+    message=b"Subject: hello\nMessage-ID: <1@example.test>\n\nHello, world.\n",
+)
+
+MULTIPART = (
+    b"From: a@x.test\nSubject: =?utf-8?q?caf=C3=A9?=\nMessage-ID: <m@x.test>\nMIME-Version: 1.0\n"
+    b'Content-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\nhello\n'
+    b'--b\nContent-Type: image/png\nContent-Disposition: attachment; filename="p.png"\n'
+    b"Content-Transfer-Encoding: base64\n\naGVsbG8=\n--b--\n"
+)
+
+
+def record(number: int, message: bytes | None = None) -> bytes:
+    """A forward-file record of message `number` (subject `n<number>`), or of `message` when given."""
+    body = message or f"Subject: n{number}\nMessage-ID: <{number}@x.test>\n\nbody {number}\n".encode()
+    return render_record(replace(BASE, transaction_id=f"{number:04X}", message=body))
+
+
+TIMEOUT = 15.0  # seconds to wait for what a test expects; it normally takes milliseconds
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Return once `condition()` holds; fail naming `what` if it does not within `timeout`.
+
+    For a state the test can observe but not be told of (a server's session count, a
+    refused connect): the test goes on the moment it holds, and a silent second proves nothing.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        threading.Event().wait(0.01)
+
+
+def inspector(forward: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `maillab-inspector ARGUMENTS` over the forward folder `forward` to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "maillab_inspector", *arguments],
+        env={**os.environ, "MAILLAB_FORWARD_DIR": str(forward), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class Watch:
+    """`maillab-inspector watch --json` in a child process, its output read line by line.
+
+    What was not printed is never proved by waiting a while: a test delivers one more
+    message, a marker, and `printed_until` returns everything printed up to it. The watch
+    reads each file in order and prints what it has read in that order, so a message it
+    should not have printed (a repeat after a restart, say) comes before the marker.
+    """
+
+    started: ClassVar[list[Watch]] = []  # the processes a test started, stopped in teardown
+
+    def __init__(self, forward: Path, state: Path, *arguments: str) -> None:
+        env = {
+            **os.environ,
+            "MAILLAB_FORWARD_DIR": str(forward),
+            "MAILLAB_STATE_FILE": str(state),
+            "MAILLAB_READY_FILE": str(state.with_suffix(".ready")),
+            "MAILLAB_SWEEP_INTERVAL": "0.2",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "maillab_inspector", "watch", "--json", *arguments],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        Watch.started.append(self)
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.errors: list[str] = []
+        self._logged = threading.Condition()
+        threading.Thread(target=self._pump_lines, args=(self.process.stdout,), daemon=True).start()
+        threading.Thread(target=self._pump_errors, args=(self.process.stderr,), daemon=True).start()
+        self.wait_for_log("watching")
+
+    def _pump_lines(self, stream: TextIO) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def _pump_errors(self, stream: TextIO) -> None:
+        for line in stream:
+            with self._logged:
+                self.errors.append(line)
+                self._logged.notify_all()
+
+    def wait_for_log(self, text: str, timeout: float = TIMEOUT) -> None:
+        with self._logged:
+            if not self._logged.wait_for(lambda: any(text in line for line in self.errors), timeout):
+                raise AssertionError(f"no log line with {text!r}: {self.errors}")
+
+    def subjects(self, count: int, timeout: float = TIMEOUT) -> list[str]:
+        """The subjects of the next `count` messages printed."""
+        return [json.loads(self.lines.get(timeout=timeout))["subject"] for _ in range(count)]
+
+    def printed_until(self, marker: str, timeout: float = TIMEOUT) -> list[str]:
+        """The subjects printed from now up to the message whose subject is `marker`, that one included."""
+        printed: list[str] = []
+        while marker not in printed:
+            try:
+                printed += self.subjects(1, timeout)
+            except queue.Empty:
+                raise AssertionError(f"{marker!r} was never printed; before it: {printed}") from None
+        return printed
+
+    def wait_for_state(self, state: Path, name: str, offset: int, timeout: float = TIMEOUT) -> None:
+        """Until the state file holds `offset` for the file `name` (the watch saves it after printing)."""
+        waited = threading.Event()
+        for _ in range(int(timeout / 0.05)):
+            try:
+                if json.loads(state.read_text())["files"][name]["offset"] == offset:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            waited.wait(0.05)
+        raise AssertionError(f"the state file never reached {name} at {offset}")
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=TIMEOUT)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return code

@@ -1,0 +1,189 @@
+"""The watcher in this process, over real forward files written by the store.
+
+`watch_until` runs the watcher in the test's own thread: each message it hands on is
+recorded, an action may deliver the next one, and the watcher is stopped once enough have
+arrived (or after TIMEOUT, and the test fails on what it got). What must not be handed on is
+never shown by waiting: a marker message is delivered, and whatever came before it is seen.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from watchdog.observers.api import BaseObserver, EventEmitter
+from watchdog.observers.polling import PollingObserver
+
+from maillab_inspector.model import MessageSummary
+from maillab_inspector.state import load_positions
+from maillab_inspector.watcher import MISSED_EVENTS_BEFORE_POLLING, Watcher, open_tail
+from maillab_server.store import ForwardStore
+from tests.helpers import TIMEOUT, record
+from tests.store_helpers import deliver
+
+NO_SWEEPS = 2 * TIMEOUT  # seconds: only the first sweep, at the start, runs within a test
+
+
+def watch_until(
+    watcher: Watcher, count: int, act: Callable[[MessageSummary], object] = lambda summary: None
+) -> list[str]:
+    """The subjects the watcher hands on until it has handed on `count` (the rest of that batch too)."""
+    handed: list[str] = []
+
+    def show(summary: MessageSummary) -> None:
+        handed.append(summary.subject)
+        act(summary)
+        if len(handed) >= count:
+            watcher.stop()
+
+    failsafe = threading.Timer(TIMEOUT, watcher.stop)
+    failsafe.start()
+    try:
+        watcher.run(show)
+    finally:
+        failsafe.cancel()
+    return handed
+
+
+class NoEvents(EventEmitter):
+    """An emitter that never emits: it waits until it is stopped."""
+
+    def queue_events(self, timeout: float) -> None:
+        self.stopped_event.wait(timeout)
+
+
+class DeafObserver(BaseObserver):
+    """An observer on a file system that sends no file events (some network and FUSE mounts)."""
+
+    def __init__(self) -> None:
+        super().__init__(emitter_class=NoEvents)
+
+
+class UnstartableObserver(BaseObserver):
+    """An observer the kernel refuses, as inotify does past its watch limit."""
+
+    def __init__(self) -> None:
+        super().__init__(emitter_class=NoEvents)
+
+    def start(self) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ForwardStore:
+    (tmp_path / "forward").mkdir()
+    return ForwardStore(tmp_path / "forward")
+
+
+def test_new_messages_arrive_by_file_event_once_and_their_positions_are_saved(
+    store: ForwardStore, tmp_path: Path
+) -> None:
+    deliver(store, {"a.test": record(1)})  # stored before the start: not handed on
+    state, ready = tmp_path / "state" / "positions.json", tmp_path / "ready"
+    tail = open_tail(store.root, state, from_start=False)
+    watcher = Watcher(tail, sweep_interval=NO_SWEEPS, state_file=state, ready_file=ready)
+    ready_while_watching = []
+
+    def next_one(summary: MessageSummary) -> None:
+        ready_while_watching.append(ready.exists())
+        following = {"n2": {"b.test": record(3)}, "n3": {"a.test": record(4)}}.get(summary.subject)
+        if following:
+            deliver(store, following)
+
+    deliver(store, {"a.test": record(2)})
+    # Past the first sweep, only a file event can say that n3 and n4 have landed.
+    assert watch_until(watcher, 3, next_one) == ["n2", "n3", "n4"]
+    assert all(ready_while_watching) and not ready.exists(), "ready while watching, and only then"
+    sizes = {name: (store.root / name).stat() for name in ("a.test", "b.test")}
+    assert load_positions(state) == {name: (status.st_ino, status.st_size) for name, status in sizes.items()}
+
+
+def test_a_restart_goes_on_from_the_saved_positions(store: ForwardStore, tmp_path: Path) -> None:
+    state = tmp_path / "positions.json"
+    deliver(store, {"a.test": record(1), "b.test": record(1)})
+    watcher = Watcher(open_tail(store.root, state, from_start=True), sweep_interval=NO_SWEEPS, state_file=state)
+    assert watch_until(watcher, 2) == ["n1", "n1"]
+    deliver(store, {"a.test": record(2)})  # while the watcher is down
+    watcher = Watcher(open_tail(store.root, state, from_start=False), sweep_interval=NO_SWEEPS, state_file=state)
+
+    def marker(summary: MessageSummary) -> None:
+        if summary.subject == "n2":
+            deliver(store, {"b.test": record(3)})
+
+    assert watch_until(watcher, 2, marker) == ["n2", "n3"], "nothing before n2 again"
+
+
+def test_only_one_domain_file_is_followed(store: ForwardStore, tmp_path: Path) -> None:
+    deliver(store, {"a.test": record(1), "b.test": record(2)})
+    tail = open_tail(store.root, tmp_path / "positions.json", from_start=True)
+    watcher = Watcher(tail, only="b.test", sweep_interval=NO_SWEEPS)
+
+    def marker(summary: MessageSummary) -> None:
+        if summary.subject == "n2":
+            deliver(store, {"a.test": record(3)})
+            deliver(store, {"b.test": record(4)})
+
+    assert watch_until(watcher, 2, marker) == ["n2", "n4"]
+
+
+def test_polling_takes_over_when_file_events_do_not_arrive(
+    store: ForwardStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(store, {"a.test": record(1)})
+    tail = open_tail(store.root, tmp_path / "positions.json", from_start=True)
+    watcher = Watcher(tail, sweep_interval=0.05, observer=DeafObserver())
+    polling = []
+
+    def next_one(summary: MessageSummary) -> None:
+        polling.append(isinstance(watcher.observer, PollingObserver))
+        number = int(summary.subject[1:])
+        deliver(store, {"a.test": record(number + 1)})  # found by the next sweep: no event says so
+
+    handed = watch_until(watcher, MISSED_EVENTS_BEFORE_POLLING + 1, next_one)
+    assert handed == [f"n{number}" for number in range(1, MISSED_EVENTS_BEFORE_POLLING + 2)]
+    assert polling == [False] * (MISSED_EVENTS_BEFORE_POLLING - 1) + [True, True]
+    assert "file events from DeafObserver are not arriving; polling instead" in caplog.text
+
+
+def test_an_observer_that_cannot_start_gives_way_to_polling(
+    store: ForwardStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tail = open_tail(store.root, tmp_path / "positions.json", from_start=False)
+    watcher = Watcher(tail, sweep_interval=NO_SWEEPS, observer=UnstartableObserver())
+    deliver(store, {"a.test": record(1)})
+
+    def next_one(summary: MessageSummary) -> None:
+        if summary.subject == "n1":
+            deliver(store, {"a.test": record(2)})
+
+    # Past the first sweep, only the polling observer's events can bring n2 (it polls every second).
+    assert watch_until(watcher, 2, next_one) == ["n1", "n2"]
+    assert isinstance(watcher.observer, PollingObserver)
+    assert "file events from UnstartableObserver are unavailable" in caplog.text
+
+
+def test_a_signal_stops_the_watcher_at_once(store: ForwardStore, tmp_path: Path) -> None:
+    """The handler's `stop` wakes the wait for the next file event: no waiting for the next sweep."""
+    watcher = Watcher(open_tail(store.root, tmp_path / "positions.json", False), sweep_interval=NO_SWEEPS)
+    previous = signal.getsignal(signal.SIGUSR1)
+    watcher.stop_on_signals(signal.SIGUSR1)
+    timed_out = threading.Event()
+
+    def give_up() -> None:
+        timed_out.set()
+        watcher.stop()
+
+    failsafe = threading.Timer(TIMEOUT, give_up)
+    failsafe.start()
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()  # most likely while it waits
+    try:
+        watcher.run(lambda summary: None)
+    finally:
+        failsafe.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert not timed_out.is_set(), "the watcher went on waiting after the signal"
