@@ -220,8 +220,7 @@ def test_the_fast_path_agrees_with_the_full_parser(text: str, route: str) -> Non
     parsed = parse_path(f"<{route}{text}>")
     assert parsed == (text, "")
     address = parsed[0]
-    # The server's local part (protocol.py's length check) and domain (domain_of) are what
-    # comes before and after the last @.
+    # The server's local part and domain (domain_of) are what comes before and after the last @.
     local, _, domain = address.rpartition("@")
     assert mailbox == Mailbox(local=local, domain=domain, forward_name=domain_of(address))
     assert parse_path(f"{text} SIZE=10") == (text, " SIZE=10")  # a bare mailbox too

@@ -178,6 +178,8 @@ def test_getparams_is_where_aiosmtpd_checks_mail_parameters(probe: ProbeControll
 def test_create_envelope_makes_every_transactions_envelope(probe: ProbeController) -> None:
     why = "giving each transaction the lab's envelope, which carries the spool"
     assert parameters(SMTP._create_envelope) == ["self"], changed("SMTP._create_envelope's parameters", why)
+    reset = "SMTP._set_post_data_state's parameters"
+    assert parameters(SMTP._set_post_data_state) == ["self"], changed(reset, "end_transaction, after DATA")
     commands = ("EHLO client.test", "MAIL FROM:<a@x.test>", "RSET", "MAIL FROM:<a@x.test>", "XEND")
     replies = session(probe, *commands)
     assert probe.handler.envelopes == [ProbeEnvelope, ProbeEnvelope], changed("where envelopes are made", why)

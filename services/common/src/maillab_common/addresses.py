@@ -156,11 +156,6 @@ def parse_path(text: str) -> tuple[str, str] | None:
     return match[match.lastindex or 0], text[match.end() :]
 
 
-def local_part_too_long(address: str, limit: int = MAX_LOCAL_PART) -> bool:
-    """More than `limit` octets (UTF-8) before the address's last @: RFC 5321's limit, in octets."""
-    return len(address.rpartition("@")[0].encode(errors="surrogateescape")) > limit
-
-
 def check_sender(address: str) -> None:
     """InvalidAddress if the server refuses `address` (as parse_path gave it) after MAIL FROM."""
     if not address.isprintable():

@@ -69,49 +69,62 @@ def dumps(manifest: Manifest) -> str:
 
 
 def loads(text: str) -> Manifest:
-    """The manifest in `text`, or ManifestError saying what is wrong with it."""
+    """The manifest in `text`, or ManifestError saying what is wrong with it.
+
+    Only what `verify` relies on must be right: each message's id, subject, recipients and
+    attachments, and the domains of those accepted. The rest (seed, sizes, attempts) is
+    information, and a value of the wrong kind there is read as unknown (0 or "").
+    """
     try:
         document = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ManifestError("not an agent manifest: the document is not a JSON object")
     version = document.get("version", VERSION)
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise ManifestError(f"manifest version {version!r}: this inspector reads version {VERSION}")
     try:
         messages = tuple(_message(entry) for entry in document["messages"])
-        manifest = Manifest(
-            seed=int(document.get("seed", 0)), server=str(document.get("server", "")), messages=messages
-        )
         for message in messages:
-            message.domains()
+            if message.accepted:  # an address refused before sending never named a file
+                message.domains()
     except (KeyError, TypeError, ValueError, AttributeError, InvalidAddress) as exc:
         raise ManifestError(f"not an agent manifest: {exc!r}") from None
-    return manifest
+    return Manifest(seed=_count(document.get("seed")), server=_info(document.get("server")), messages=messages)
 
 
 def _message(entry: dict[str, Any]) -> SentMessage:
     return SentMessage(
         message_id=_text(entry["message_id"]),
-        mail_from=_text(entry.get("mail_from", "")),
+        mail_from=_info(entry.get("mail_from")),
         rcpt_tos=tuple(_text(rcpt) for rcpt in entry["rcpt_tos"]),
         subject=_text(entry["subject"]),
-        size=int(entry.get("size", 0)),
+        size=_count(entry.get("size")),
         attachments=tuple(
             SentAttachment(
                 filename=_text(item["filename"]),
-                content_type=_text(item.get("content_type", "")),
-                size=int(item.get("size", 0)),
+                content_type=_info(item.get("content_type")),
+                size=_count(item.get("size")),
                 sha256=_text(item["sha256"]),
             )
             for item in entry["attachments"]
         ),
         accepted=bool(entry.get("accepted", True)),
         refused=tuple(_text(rcpt) for rcpt in entry.get("refused", ())),
-        reply=_text(entry.get("reply", "")),
-        attempts=int(entry.get("attempts", 1)),
+        reply=_info(entry.get("reply")),
+        attempts=_count(entry.get("attempts"), 1),
     )
+
+
+def _count(value: object, unknown: int = 0) -> int:
+    """A count given as information: a JSON integer, or `unknown` for anything else."""
+    return value if type(value) is int and value >= 0 else unknown
+
+
+def _info(value: object) -> str:
+    """A text given as information: a JSON string, or "" for anything else."""
+    return value if isinstance(value, str) else ""
 
 
 def _text(value: object) -> str:

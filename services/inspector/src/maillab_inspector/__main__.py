@@ -82,7 +82,7 @@ def watch(
     try:
         tail = open_tail(root, state_file, from_start)
     except OSError as exc:
-        fail(f"cannot write the state file {state_file}: {exc}")
+        fail(f"cannot start watching (forward folder {root}, state file {state_file}): {exc}")
     watcher = Watcher(
         tail, only=only, sweep_interval=config.sweep_interval, state_file=state_file, ready_file=config.ready_file
     )

@@ -44,7 +44,7 @@ def open_tail(root: Path, state_file: Path, from_start: bool) -> ForwardTail:
     """A tail of `root` that goes on from the saved positions, or starts at the end of every
     file (at the start with `from_start`); its positions are saved at once.
 
-    Raises OSError when the state file cannot be written.
+    Raises OSError when the forward folder cannot be read or the state file written.
     """
     tail = ForwardTail(root)
     saved = None if from_start else load_positions(state_file)

@@ -8,6 +8,8 @@ aiosmtpd 1.4 has no public hook, and the lab uses these private names, each here
 
 - `SMTP._create_envelope` (documented as an override point): every transaction's envelope
   is an `envelope_class`, which can carry more than aiosmtpd's (the lab's spool).
+- `SMTP._set_post_data_state`: `end_transaction` resets after DATA as aiosmtpd's own DATA
+  does, since the lab reads DATA itself.
 - `SMTP._getaddr`: the address of MAIL, RCPT and VRFY comes from `parse_address`
   (aiosmtpd's own parser is slow, and super-linear on hostile input).
 - `SMTP._getparams`: MAIL and RCPT parameters named in `passed_parameters` get past
@@ -61,8 +63,8 @@ class SMTPBase(SMTP):
         return self.envelope_class()
 
     def end_transaction(self) -> None:
-        """Start afresh after DATA, as aiosmtpd does: a new, empty envelope."""
-        self.envelope = self._create_envelope()
+        """Start afresh after DATA with aiosmtpd's own reset (a new, empty envelope, today)."""
+        self._set_post_data_state()
 
     @contextmanager
     def bulk_reader(self, read_size: int) -> Iterator[asyncio.StreamReader]:
