@@ -91,6 +91,8 @@ def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int,
             "10",
             "--log-format",
             "json",
+            "--classroom-port",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,6 +179,7 @@ def test_maillab_server_alone_serves_as_serve_does(tmp_path: Path) -> None:
         "MAILLAB_LISTEN_HOST": "127.0.0.1",
         "MAILLAB_FORWARD_DIR": str(tmp_path),
         "MAILLAB_LOG_FORMAT": "json",
+        "MAILLAB_CLASSROOM_PORT": str(free_port()),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "maillab_server"],

@@ -13,9 +13,14 @@ from maillab_common.settings import ConfigError, env_float, env_int
 
 ROOT = Path(__file__).resolve().parents[2]
 _SETTING = re.compile(r'"(MAILLAB_[A-Z0-9_]+)"')
-# Fixed by compose itself: the container's port and folder, which the port mapping and the
-# volume are written against. The host port is MAILLAB_SMTP_PORT, in the ports section.
-COMPOSE_FIXES = {"server": {"MAILLAB_LISTEN_HOST", "MAILLAB_SMTP_PORT", "MAILLAB_FORWARD_DIR"}}
+# Fixed by compose itself: the container's ports and folder, which the port mappings and the
+# volume are written against. The host ports are MAILLAB_SMTP_PORT and MAILLAB_CLASSROOM_PORT,
+# in the ports section.
+COMPOSE_FIXES = {
+    "server": {"MAILLAB_LISTEN_HOST", "MAILLAB_SMTP_PORT", "MAILLAB_CLASSROOM_PORT", "MAILLAB_FORWARD_DIR"}
+}
+# Set by compose from a user's variable of another name: the container's name -> the user's.
+COMPOSE_FROM = {"MAILLAB_CLASSROOM_PUBLISHED_PORT": "MAILLAB_CLASSROOM_PORT"}
 
 
 def settings_read_by(service: str) -> set[str]:
@@ -47,7 +52,16 @@ def test_compose_passes_every_server_setting_through() -> None:
     assert not missing, f"compose.yaml's server environment lacks {sorted(missing)}"
     for name, value in environment.items():
         if name.startswith("MAILLAB_"):
-            assert f"${{{name}:-" in str(value), f"{name} in compose.yaml is not taken from the user's {name}"
+            user = COMPOSE_FROM.get(name, name)
+            assert f"${{{user}:-" in str(value), f"{name} in compose.yaml is not taken from the user's {user}"
+
+
+def test_compose_publishes_the_classroom_port_and_passes_its_off_switch() -> None:
+    """MAILLAB_CLASSROOM_PORT is the host port; the container learns of a 0 (off) by another name."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert "127.0.0.1:${MAILLAB_CLASSROOM_PORT:-2526}:2526" in compose["services"]["server"]["ports"]
+    environment = compose_environment("server")
+    assert environment["MAILLAB_CLASSROOM_PUBLISHED_PORT"] == "${MAILLAB_CLASSROOM_PORT:-2526}"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The agent's command line: typer commands that turn flags into calls, and results into output and exit codes.
 
 Building messages is message.py's, checking the other flags inputs.py's, one message's SMTP
-session session.py's, a batch batch.py's and its terminal output summary.py's. Everything
+session session.py's (in the classroom dialect, classroom.py's), a batch batch.py's and its
+terminal output summary.py's, the conformance run and its table conform.py's. Everything
 printed goes through maillab_common.cli's `say` (or, in the interactive mode, `write`): text
 from a user, a message or a server's replies may hold terminal controls or rich markup, and
 is shown with its controls escaped and its brackets as they are. Bad input ends the program
@@ -19,13 +20,14 @@ from typing import Annotated
 
 import typer
 
+from maillab_agent import conform as conformance
 from maillab_agent.batch import RETRY_FOR, send_batch, write_manifest
 from maillab_agent.config import AgentConfig, memory_budget
 from maillab_agent.config import server_address as parse_server
 from maillab_agent.inputs import parse_credentials, parse_domains, parse_header, parse_rate, read_attachments, read_body
 from maillab_agent.interactive import compose_on_stdio, show_dialog
 from maillab_agent.message import DEFAULT_DOMAINS, BadInput, batch_messages, build_message, parse_size_range
-from maillab_agent.session import Session, SessionFailed
+from maillab_agent.session import Dialect, Session, SessionFailed
 from maillab_agent.summary import progress_bar, show_summary
 from maillab_common.cli import env_help, fail, run_app, say
 from maillab_common.settings import ConfigError
@@ -33,6 +35,7 @@ from maillab_common.settings import ConfigError
 # Exit codes, so that scripts can tell failures apart. Bad input and usage errors are
 # maillab_common.cli.EXIT_USAGE (2), as in every maillab command.
 EXIT_NOT_ALL_ACCEPTED = 1  # batch: some message was not accepted
+EXIT_NONCONFORMING = 1  # conform: some case failed
 EXIT_CONNECT = 3
 EXIT_SENDER_REJECTED = 4
 EXIT_RECIPIENTS_REJECTED = 5
@@ -53,6 +56,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Put mail int
 ServerOption = Annotated[str | None, typer.Option(help=env_help("HOST:PORT of the SMTP server", "MAILLAB_SERVER"))]
 StartTlsOption = Annotated[bool, typer.Option(help="Upgrade the connection with STARTTLS (certificate not checked)")]
 AuthOption = Annotated[str | None, typer.Option(help="AUTH PLAIN as USER:PASS")]
+DialectOption = Annotated[
+    Dialect, typer.Option(help="The server's SMTP: RFC 5321, or the classroom dialect of course programs (LF, HELO)")
+]
+
+
+def check_dialect(dialect: Dialect, *, starttls: bool, auth: str | None) -> None:
+    """BadInput for the flags the classroom dialect has no command for."""
+    if dialect is Dialect.CLASSROOM and (starttls or auth is not None):
+        flag = "--starttls" if starttls else "--auth"
+        raise BadInput(f"{flag} cannot be used with --dialect classroom: the classroom dialect has no STARTTLS or AUTH")
 
 
 @contextmanager
@@ -88,9 +101,11 @@ def send(
     server: ServerOption = None,
     starttls: StartTlsOption = False,
     auth: AuthOption = None,
+    dialect: DialectOption = Dialect.RFC,
 ) -> None:
     """Send one message built from flags."""
     with refusing_bad_input():
+        check_dialect(dialect, starttls=starttls, auth=auth)
         config = AgentConfig.from_env()
         host, port = config.server_address(server)
         if body is not None and body_file is not None:
@@ -112,7 +127,9 @@ def send(
             message_id=f"<send-{random.getrandbits(64):016x}@maillab-agent.test>",
         )
         login = parse_credentials(auth) if auth is not None else None
-    session = Session(host=host, port=port, timeout=config.timeout, starttls=starttls, credentials=login)
+    session = Session(
+        host=host, port=port, timeout=config.timeout, starttls=starttls, credentials=login, dialect=dialect
+    )
     with exiting_on_session_failure():
         refused = session.deliver(outgoing)
     for rcpt, reply in refused.items():
@@ -127,13 +144,16 @@ def interactive(
     port: Annotated[int | None, typer.Argument(min=1, max=65535, help="SMTP server port")] = None,
     starttls: StartTlsOption = False,
     auth: AuthOption = None,
+    dialect: DialectOption = Dialect.RFC,
 ) -> None:
     """Ask for From, To, Subject, Message (end with a line holding only '.') and Attachment, then send.
 
     Each SMTP command (C:) and server reply (S:) is printed as it happens. At end of input
-    nothing is sent. Works the same with a pipe on standard input.
+    nothing is sent. Works the same with a pipe on standard input. With --dialect classroom
+    it speaks to a course server: HELO, LF line endings, one command at a time.
     """
     with refusing_bad_input():
+        check_dialect(dialect, starttls=starttls, auth=auth)
         config = AgentConfig.from_env()
         host, default_port = config.server_address() if host is None else parse_server(host, name="HOST")
         login = parse_credentials(auth) if auth is not None else None
@@ -150,7 +170,13 @@ def interactive(
         )
     port = port or default_port
     session = Session(
-        host=host, port=port, timeout=config.timeout, starttls=starttls, credentials=login, observer=show_dialog
+        host=host,
+        port=port,
+        timeout=config.timeout,
+        starttls=starttls,
+        credentials=login,
+        observer=show_dialog,
+        dialect=dialect,
     )
     with exiting_on_session_failure():
         session.deliver(outgoing)
@@ -221,6 +247,37 @@ def batch(
         say(f"manifest: {manifest}")
     if report.rejected or report.partly_refused:
         raise typer.Exit(EXIT_NOT_ALL_ACCEPTED)
+
+
+@app.command()
+def conform(
+    host: Annotated[str, typer.Argument(help="The server's host")],
+    port: Annotated[int, typer.Argument(min=1, max=65535, help="The server's port")],
+    dialect: DialectOption = Dialect.CLASSROOM,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for each reply")] = 5.0,
+) -> None:
+    """Check a classroom server: good and bad sessions from the grammar, one PASS or FAIL line each.
+
+    Exit code 1 when any case fails, 3 when the server cannot be reached.
+    """
+    if dialect is not Dialect.CLASSROOM:
+        fail("conform checks servers of the classroom dialect only: give --dialect classroom")
+    columns = conformance.Columns.of(conformance.CASES)
+    shown: list[conformance.Outcome] = []
+
+    def show(outcome: conformance.Outcome) -> None:  # the header once the server is known to be there
+        if not shown:
+            say(columns.header())
+        shown.append(outcome)
+        say(columns.row(outcome))
+
+    outcomes = conformance.run(host, port, timeout=timeout, on_outcome=show)
+    if not outcomes[0].connected:
+        fail(outcomes[0].got, EXIT_CONNECT)
+    for line in conformance.summary(outcomes):
+        say(line)
+    if not all(outcome.passed for outcome in outcomes):
+        raise typer.Exit(EXIT_NONCONFORMING)
 
 
 def main() -> None:

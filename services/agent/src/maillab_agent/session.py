@@ -1,23 +1,34 @@
 """One message in an SMTP session of its own: what `send` and `interactive` do on the wire.
 
 The session connects, says EHLO, upgrades with STARTTLS and logs in with AUTH PLAIN when
-asked, sends MAIL, RCPT and DATA, and always ends with QUIT. Any way it can fail comes out
-as one SessionFailed naming the stage (connect, helo, starttls, auth, mail, rcpt, data), so
-that the CLI can map each to an exit code of its own. Commands and replies go to an
-optional observer as they happen; nothing here prints.
+asked, sends MAIL, RCPT and DATA, and always ends with QUIT. In the classroom dialect of
+course programs it hands the whole session to classroom.py (HELO, LF, one command at a
+time). Any way it can fail comes out as one SessionFailed naming the stage (connect, helo,
+starttls, auth, mail, rcpt, data), so that the CLI can map each to an exit code of its
+own. Commands and replies go to an optional observer as they happen; nothing here prints.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
+from enum import StrEnum
 
+from maillab_agent import classroom
 from maillab_agent.message import Outgoing
 from maillab_agent.smtp import Envelope, Observer, Reply, SmtpClient, SmtpConnectionError, SmtpError, wire_data
 from maillab_common.loop import run
 
 LOCAL_NAME = "maillab-agent"
 _REFUSED = {"rcpt": "every recipient refused", "mail": "sender refused", "data": "message refused"}
+
+
+class Dialect(StrEnum):
+    """The SMTP a server speaks: RFC 5321, or the classroom dialect of course programs."""
+
+    RFC = "rfc"
+    CLASSROOM = "classroom"
 
 
 @dataclass(frozen=True)
@@ -42,10 +53,24 @@ class Session:
     starttls: bool = False
     credentials: Credentials | None = None
     observer: Observer | None = None
+    dialect: Dialect = Dialect.RFC
 
     async def deliver_async(self, outgoing: Outgoing) -> dict[str, Reply]:
         """Send `outgoing`; returns the recipients that refused it, if only some did."""
         try:
+            if self.dialect is Dialect.CLASSROOM:
+                if self.starttls or self.credentials is not None:
+                    raise ValueError("the classroom dialect has no STARTTLS or AUTH")
+                return await classroom.deliver(
+                    self.host,
+                    self.port,
+                    timeout=self.timeout,
+                    domain=classroom.helo_domain(socket.gethostname()),
+                    mail_from=outgoing.mail_from,
+                    rcpt_tos=outgoing.rcpt_tos,
+                    message=outgoing.data,
+                    observer=self.observer,
+                )
             client = await SmtpClient.connect(
                 self.host, self.port, timeout=self.timeout, local_name=LOCAL_NAME, observer=self.observer
             )

@@ -124,6 +124,15 @@ def wire_data(message: bytes) -> bytes:
 Observer = Callable[[str, str], None]  # ("C" or "S", line)
 
 
+async def open_stream(host: str, port: int, *, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to an SMTP server (of either dialect); SmtpConnectionError when there is none."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.open_connection(host, port, limit=_READ_LIMIT)
+    except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+        raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
+
+
 class SmtpClient:
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float, observer: Observer | None
@@ -146,11 +155,7 @@ class SmtpClient:
         local_name: str = "maillab-agent",
         observer: Observer | None = None,
     ) -> SmtpClient:
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, limit=_READ_LIMIT)
-        except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
-            raise SmtpConnectionError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
+        reader, writer = await open_stream(host, port, timeout=timeout)
         client = cls(reader, writer, timeout, observer)
         try:
             greeting = await client._timed(client._read_reply())

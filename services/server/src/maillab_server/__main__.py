@@ -26,6 +26,7 @@ from maillab_common.cli import EXIT_USAGE, fail, run_app, say
 from maillab_common.loop import run
 from maillab_common.settings import ConfigError
 from maillab_common.text import visible
+from maillab_server.classroom import ClassroomSMTP, classroom_factory
 from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.handler import ForwardHandler
@@ -72,7 +73,7 @@ app.command("serve", help="Run the SMTP server in the foreground (the default)."
 
 @app.command("healthcheck")
 def _healthcheck_command() -> None:
-    """Exit 0 when the forward folder is writable and the server answers SMTP on its port."""
+    """Exit 0 when the forward folder is writable and the server answers SMTP on its ports."""
     raise typer.Exit(healthcheck(configured({})))
 
 
@@ -101,17 +102,24 @@ def healthcheck(config: ServerConfig) -> int:
     except StorageError as exc:
         say(f"unhealthy: {exc}", error=True)
         return 1
-    try:
-        # A fixed local name: smtplib would otherwise look its own up, a DNS query per check.
-        with smtplib.SMTP("127.0.0.1", config.port, local_hostname="localhost", timeout=5) as client:
-            code, reply = client.noop()
-    except (OSError, smtplib.SMTPException) as exc:
-        say(f"unhealthy: {exc}", error=True)
+    if (problem := _noop_problem(config.port)) is not None:
+        say(f"unhealthy: {problem}", error=True)
         return 1
-    if code != 250:
-        say(f"unhealthy: NOOP answered {code} {reply.decode(errors='replace')}", error=True)
+    if config.classroom_port and (problem := _noop_problem(config.classroom_port)) is not None:
+        say(f"unhealthy: the classroom port {config.classroom_port}: {problem}", error=True)
         return 1
     return 0
+
+
+def _noop_problem(port: int) -> str | None:
+    """What is wrong with the SMTP server on `port` when it does not answer NOOP with 250."""
+    try:
+        # A fixed local name: smtplib would otherwise look its own up, a DNS query per check.
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost", timeout=5) as client:
+            code, reply = client.noop()
+    except (OSError, smtplib.SMTPException) as exc:
+        return str(exc)
+    return None if code == 250 else f"NOOP answered {code} {reply.decode(errors='replace')}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -179,29 +187,47 @@ def serve(config: ServerConfig) -> int:
     except (OSError, StorageError) as exc:
         log.error("cannot use the forward folder %s: %s", config.forward_dir, exc)
         return 1
+    # One Sessions for both ports: one connection limit, one shutdown.
     sessions = Sessions(config.max_connections)
+    handler = ForwardHandler(store, config)
     try:
-        factory = protocol_factory(ForwardHandler(store, config), config, sessions)
+        factory = protocol_factory(handler, config, sessions)
     except (OSError, ValueError, ssl.SSLError) as exc:
         log.error("cannot set up TLS: %s", exc)
         return 1
-    return run(_serve(config, factory, sessions))
+    classroom = classroom_factory(handler, config, sessions) if config.classroom_port else None
+    return run(_serve(config, factory, classroom, sessions))
 
 
-async def _serve(config: ServerConfig, factory: Callable[[], LabSMTP], sessions: Sessions) -> int:
+async def _serve(
+    config: ServerConfig,
+    factory: Callable[[], LabSMTP],
+    classroom: Callable[[], ClassroomSMTP] | None,
+    sessions: Sessions,
+) -> int:
     loop = asyncio.get_running_loop()
-    try:
-        server = await loop.create_server(factory, host=config.listen_host, port=config.port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.listen_host, config.port, exc)
-        return 1
+    servers: list[asyncio.Server] = []
+    listeners: list[tuple[Callable[[], asyncio.BaseProtocol], int]] = [(factory, config.port)]
+    if classroom is not None:
+        listeners.append((classroom, config.classroom_port))
+    for protocol, port in listeners:
+        try:
+            servers.append(await loop.create_server(protocol, host=config.listen_host, port=port))
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", config.listen_host, port, exc)
+            for server in servers:
+                server.close()
+            return 1
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("listening on %s:%d, storing in %s", config.listen_host, config.port, config.forward_dir)
+    if classroom is not None:
+        log.info("listening on %s:%d (classroom dialect)", config.listen_host, config.classroom_port)
     await stop.wait()
     log.info("stopping: no new connections; messages being received get %.0fs to finish", config.shutdown_grace)
-    server.close()
+    for server in servers:
+        server.close()
     await sessions.shut_down(config.shutdown_grace)
     log.info("stopped")
     return 0

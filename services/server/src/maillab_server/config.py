@@ -17,6 +17,7 @@ LOG_FORMATS = ("text", "json")
 class ServerConfig:
     listen_host: str = "0.0.0.0"
     port: int = 2525
+    classroom_port: int = 2526  # the classroom dialect's listener (classroom.py); 0: none
     hostname: str = "maillab.test"  # the name in the greeting and Received headers
     forward_dir: Path = Path("/forward")
     max_message_size: int = 32 * 1024 * 1024
@@ -43,6 +44,7 @@ class ServerConfig:
         return cls(
             listen_host=env_str(env, "MAILLAB_LISTEN_HOST", cls.listen_host),
             port=env_int(env, "MAILLAB_SMTP_PORT", cls.port, minimum=1, maximum=65535),
+            classroom_port=_classroom_port(env),
             hostname=env_str(env, "MAILLAB_HOSTNAME", cls.hostname),
             forward_dir=Path(env_str(env, "MAILLAB_FORWARD_DIR", str(cls.forward_dir))),
             max_message_size=env_int(env, "MAILLAB_MAX_MESSAGE_SIZE", cls.max_message_size, minimum=1024),
@@ -76,6 +78,19 @@ class ServerConfig:
         return self
 
 
+def _classroom_port(env: Mapping[str, str]) -> int:
+    """The classroom listener's port; 0 when it is off.
+
+    compose publishes the container's port 2526 on the user's MAILLAB_CLASSROOM_PORT, so in
+    the container that variable keeps its default and the user's value comes as
+    MAILLAB_CLASSROOM_PUBLISHED_PORT: 0 there turns the listener off too (a published port 0
+    would be a random one; with nothing listening behind it, it is refused).
+    """
+    port = env_int(env, "MAILLAB_CLASSROOM_PORT", ServerConfig.classroom_port, minimum=0, maximum=65535)
+    published = env_int(env, "MAILLAB_CLASSROOM_PUBLISHED_PORT", 1, minimum=0, maximum=65535)
+    return 0 if published == 0 else port
+
+
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
     value = env.get(name, "").strip()
     return Path(value) if value else None
@@ -92,10 +107,12 @@ def _auth_users(text: str) -> tuple[tuple[str, str], ...]:
 
 
 # Each setting's flag on `maillab-server serve`, and the variable it stands for: flags are
-# applied as variables, so that both go through the same checks.
+# applied as variables, so that both go through the same checks. MAILLAB_CLASSROOM_PUBLISHED_PORT
+# has none: only compose sets it.
 FLAGS = {
     "--listen-host": "MAILLAB_LISTEN_HOST",
     "--port": "MAILLAB_SMTP_PORT",
+    "--classroom-port": "MAILLAB_CLASSROOM_PORT",
     "--hostname": "MAILLAB_HOSTNAME",
     "--forward-dir": "MAILLAB_FORWARD_DIR",
     "--max-message-size": "MAILLAB_MAX_MESSAGE_SIZE",

@@ -60,6 +60,8 @@ def _refused(session: Session, role: str, address: str, reply: str) -> str:
 
 
 class ForwardHandler:
+    """aiosmtpd's hooks; classroom.py calls MAIL's, RCPT's and DATA's too, which do not use `server`."""
+
     def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
         self._store = store
         self._config = config

@@ -14,16 +14,16 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import syntax
 
 from maillab_common.addresses import parse_path
 from maillab_common.esmtp import ONCE
 from maillab_server.config import ServerConfig
-from maillab_server.data import DataScanner
+from maillab_server.data import DataScanner, Problem
 from maillab_server.smtp_base import SMTPBase
 from maillab_server.spool import LabEnvelope, Spool
 from maillab_server.tls import LabLogins, tls_context
@@ -43,11 +43,33 @@ AUTH_FAILURE_DELAY = 2.0  # seconds; an asyncio.sleep, so other sessions go on m
 _CREDENTIALS_INVALID = "535 "
 
 
+class Connection(Protocol):
+    """What `Sessions` needs of a connection, on either port (LabSMTP, or classroom.py's)."""
+
+    in_data: bool
+
+    def refuse_commands(self) -> None:
+        """From now on, answer whatever comes with a refusal and close."""
+
+    async def hang_up(self) -> None:
+        """Say that the server is shutting down, and close."""
+
+
 class Sessions:
+    """Every open connection of the server, on every port: one connection limit, one shutdown."""
+
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
-        self.open: set[LabSMTP] = set()
+        self.open: set[Connection] = set()
         self.closing = False
+
+    def refusal(self) -> str | None:
+        """Why a new connection is refused instead of greeted, if it is."""
+        if self.closing:
+            return "shutting down"
+        if len(self.open) >= self.max_connections:
+            return f"too many connections (at most {self.max_connections})"
+        return None
 
     def in_data(self) -> int:
         return sum(session.in_data for session in self.open)
@@ -57,11 +79,48 @@ class Sessions:
         self.closing = True
         for session in self.open:
             session.refuse_commands()
-        await asyncio.gather(*(session.close_with_421() for session in list(self.open) if not session.in_data))
+        await asyncio.gather(*(session.hang_up() for session in list(self.open) if not session.in_data))
         deadline = time.monotonic() + grace
         while self.in_data() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        await asyncio.gather(*(session.close_with_421() for session in list(self.open)))
+        await asyncio.gather(*(session.hang_up() for session in list(self.open)))
+
+
+async def read_message(
+    envelope: LabEnvelope, scanner: DataScanner, read: Callable[[], Awaitable[bytes]], open_spool: Callable[[], Spool]
+) -> tuple[Problem | None, bytes] | None:
+    """Read DATA to its end with `scanner`: the message into `envelope`, and what came after it.
+
+    `read` gives the connection's next bytes (b"" at its end). A message past the scanner's
+    spool threshold is not held: all but its last few bytes go to a spool (`open_spool`) as
+    they come. Returns None when the client went away in the middle (nothing to store), else
+    (problem, rest): with a problem (too big, a line too long) nothing is kept and the spool
+    is closed already, so its disk space is free before the client hears; without one the
+    envelope holds the message, in `content` or, spooled, in `spool` (closed by whoever
+    takes it: the handler, or the caller if it does not).
+    """
+    spool: Spool | None = None
+    try:
+        while (finished := scanner.feed(chunk := await read())) is None:
+            if scanner.spooling:
+                if spool is None:
+                    spool = open_spool()
+                spool.write(scanner.take())
+            if not chunk:
+                return None
+        if finished.problem is not None or finished.message is None:
+            return finished.problem or Problem.TOO_BIG, finished.rest  # no message comes only with a problem
+        if spool is not None:
+            spool.finish(bytes(finished.message))
+            envelope.spool, spool = spool, None
+        else:
+            # bytes, as aiosmtpd promises handlers; the bytearray goes at once, and the handler
+            # may drop the message once converted: a message is never held more than twice.
+            envelope.content = envelope.original_content = bytes(finished.message)
+        return None, finished.rest
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 class LabSMTP(SMTPBase):
@@ -87,7 +146,7 @@ class LabSMTP(SMTPBase):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The second call, after STARTTLS, finds the connection already counted.
-        if self.transport is None and (reason := self._refusal()) is not None:
+        if self.transport is None and (reason := self._sessions.refusal()) is not None:
             self.refused = True
             log.warning("refused %r: %s", transport.get_extra_info("peername"), reason)
             connection: Any = transport  # a stream transport: it can write
@@ -96,14 +155,6 @@ class LabSMTP(SMTPBase):
             return
         super().connection_made(transport)
         self._sessions.open.add(self)
-
-    def _refusal(self) -> str | None:
-        """Why a new connection is answered 421 instead of the greeting, if it is."""
-        if self._sessions.closing:
-            return "shutting down"
-        if len(self._sessions.open) >= self._sessions.max_connections:
-            return f"too many connections (at most {self._sessions.max_connections})"
-        return None
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -155,39 +206,24 @@ class LabSMTP(SMTPBase):
             lenient=self._lenient,
             spool_threshold=getattr(handler, "spool_threshold", None),
         )
-        spool: Spool | None = None
         try:
             with self.bulk_reader(_DATA_READ) as reader:
-                while (finished := scanner.feed(await reader.read(_DATA_READ) or b"")) is None:
-                    if scanner.spooling:
-                        if spool is None:
-                            spool = handler.open_spool()
-                        spool.write(scanner.take())
-                    if reader.at_eof():
-                        return  # the client went away in the middle: nothing to store
-            self.unread(finished.rest)  # pipelined commands, for the command loop
-            if finished.problem is not None or finished.message is None:
-                if spool is not None:
-                    spool.close()  # before the reply: its disk space is free when the client hears
+                result = await read_message(
+                    envelope, scanner, partial(reader.read, _DATA_READ), lambda: handler.open_spool()
+                )
+            if result is None:
+                return  # the client went away in the middle: nothing to store
+            problem, rest = result
+            self.unread(rest)  # pipelined commands, for the command loop
+            if problem is not None:
                 self.end_transaction()
-                await self.push(finished.problem.value if finished.problem else "451 4.3.0 Error")
+                await self.push(problem.value)
                 return
-            if spool is not None:
-                spool.finish(bytes(finished.message))
-                # The handler's from here: it closes the spool once the store is done with it.
-                envelope.spool, spool = spool, None
-            else:
-                # bytes, as aiosmtpd promises handlers; the bytearray goes at once, and the handler
-                # may drop the message once converted: a message is never held more than twice.
-                envelope.content = envelope.original_content = bytes(finished.message)
-            del finished
             hook = getattr(handler, "handle_DATA", None)
             status = "250 OK" if hook is None else await hook(self, self.session, envelope)
             self.end_transaction()
             await self.push(status)
         finally:
-            if spool is not None:
-                spool.close()
             if envelope.spool is not None:  # a handler without handle_DATA, or one that failed
                 envelope.spool.close()
 
@@ -214,21 +250,20 @@ class LabSMTP(SMTPBase):
         costs about 60 times an honest address, growing with the square of the length; 1,000
         nested comments raise RecursionError). `parse_path` is one linear regular expression
         over RFC 5321 paths, as lenient as aiosmtpd where clients rely on it; what it does not
-        take (comments, folding, obsolete syntax) gets aiosmtpd's 553.
+        take (comments, folding, obsolete syntax) gets aiosmtpd's 553. A local part past
+        RFC 5321's 64 octets is taken, as aiosmtpd takes it (its local_part_limit is 0).
         """
         parsed = parse_path(arg)
-        if parsed is None:
-            return None, None
-        address, rest = parsed
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
+        return (None, None) if parsed is None else parsed
 
     def refuse_commands(self) -> None:
         async def shutting_down(arg: str | None) -> None:
             await self.close_with_421()
 
         self.answer_every_command_with(shutting_down)
+
+    async def hang_up(self) -> None:
+        await self.close_with_421()
 
     async def close_with_421(self, reason: str = "shutting down") -> None:
         """Say 421 and close; a client that does not read its replies is cut off after a moment."""

@@ -64,7 +64,8 @@ class SMTPBase(SMTP):
 
     def end_transaction(self) -> None:
         """Start afresh after DATA with aiosmtpd's own reset (a new, empty envelope, today)."""
-        self._set_post_data_state()
+        protocol: Any = self  # aiosmtpd's method is not annotated
+        protocol._set_post_data_state()
 
     @contextmanager
     def bulk_reader(self, read_size: int) -> Iterator[asyncio.StreamReader]:
