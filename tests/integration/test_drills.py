@@ -159,6 +159,11 @@ DELIVERY = re.compile(
 )
 
 
+def starts_a_run(message: str) -> bool:
+    """The main listener's line, once a run; the classroom listener's comes after it."""
+    return message.startswith("listening on") and not message.endswith("(classroom dialect)")
+
+
 def server_runs(lines: list[str]) -> list[Run]:
     """The server's JSON log (MAILLAB_LOG_FORMAT=json), split into runs at each "listening on"."""
     runs: list[Run] = []
@@ -169,7 +174,7 @@ def server_runs(lines: list[str]) -> list[Run]:
         message = json.loads(line)["message"]
         if match := REPAIRED.fullmatch(message):
             repaired.append((match["domain"], int(match["offset"])))
-        elif message.startswith("listening on"):
+        elif starts_a_run(message):
             runs.append(Run(repaired=repaired))
             repaired = []
         elif message.startswith("id=") and " from=<" in message:
@@ -183,7 +188,11 @@ def server_runs(lines: list[str]) -> list[Run]:
 
 def taking_mail(run: int, lines: list[str]) -> bool:
     """Whether the server's `run`-th run has stored STORED_BEFORE_A_KILL messages: a cheap count, at every line."""
-    started = [number for number, line in enumerate(lines) if '"message": "listening on' in line]
+    started = [
+        number
+        for number, line in enumerate(lines)
+        if '"message": "listening on' in line and "(classroom dialect)" not in line  # as starts_a_run, unparsed
+    ]
     if len(started) != run:
         return False
     stores = sum('"message": "id=' in line and " from=<" in line for line in lines[started[-1] :])
@@ -398,7 +407,7 @@ while time.time() < end:
     elif next_header == 6:
         target_port, flags = struct.unpack("!H", packet[start + 2 : start + 4])[0], packet[start + 13]
         if flags & 0x02 and not flags & 0x10:
-            if target_port == 2525:
+            if target_port in (2525, 2526):  # SMTP and the classroom listener (its health check too)
                 inbound += 1
             else:
                 other += 1

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -337,3 +338,37 @@ def test_hostile_reply_text_never_reaches_the_terminal(tmp_path: Path) -> None:
     assert code == EXIT_NONCONFORMING, output[-2000:]
     assert b"FAIL" in output and b"PASS" not in output  # the text is not printable ASCII
     assert_inert(output, markup=["[bold]PWNED-BOLD[/bold]"])
+
+
+def test_a_server_that_never_finishes_its_reply_cannot_hold_the_client() -> None:
+    # Continuation lines forever, each in good time: only a deadline for the whole reply ends it.
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            while not stop.wait(0.2):
+                try:
+                    connection.sendall(b"220-still greeting\n")
+                except OSError:
+                    return
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        server = f"127.0.0.1:{listener.getsockname()[1]}"
+        message = ("--from", "a@x.test", "--to", "b@y.test", "--subject", "s", "--body", "b")
+        result = subprocess.run(
+            [*AGENT, "send", "--dialect", "classroom", "--server", server, *message],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "MAILLAB_TIMEOUT": "1"},
+        )
+    finally:
+        stop.set()
+        listener.close()
+        dripper.join(timeout=5)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "no whole reply within 1s" in result.stderr

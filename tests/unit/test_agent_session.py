@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from hypothesis import given
+from hypothesis import strategies as st
 
 from maillab_agent import smtp
 from maillab_agent.message import Outgoing, build_message
@@ -205,6 +208,17 @@ def test_a_lost_connection_names_the_message_left_unanswered(start_server: Start
 )
 def test_wire_data_dot_stuffs_and_ends_the_message(message_bytes: bytes, wire: bytes) -> None:
     assert wire_data(message_bytes) == wire
+
+
+@given(
+    st.binary(max_size=64) | st.lists(st.sampled_from([b".", b"\r", b"\n", b"a", b"\r\n"]), max_size=24).map(b"".join)
+)
+def test_dot_stuffing_adds_a_dot_before_every_line_that_starts_with_one(message: bytes) -> None:
+    # The definition, as a regular expression: slower, and plainly right.
+    assert smtp.dot_stuffed(message) == re.sub(rb"^\.", b"..", message, flags=re.MULTILINE)
+    # What the server undoes: one dot off each line that starts with one, and nothing else.
+    lines = smtp.dot_stuffed(message).split(b"\n")
+    assert b"\n".join(line[1:] if line.startswith(b".") else line for line in lines) == message
 
 
 def test_building_a_message_does_not_load_the_wire_protocol() -> None:

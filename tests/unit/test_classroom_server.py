@@ -135,6 +135,48 @@ def test_an_rfc_client_falls_back_to_helo_and_sends_with_smtplib(server: ServerC
     assert stored(server, "one.test") == [b"Subject: rfc\n\n.dot\nend\n"]
 
 
+@pytest.mark.parametrize("name", [None, "my-laptop.example", "[127.0.0.1]"])
+def test_an_rfc_client_with_its_own_name_and_domains_works_after_ehlo(
+    server: ServerController, name: str | None
+) -> None:
+    # smtplib's own name by default: the host's, or "[127.0.0.1]" when it has no dot.
+    with smtplib.SMTP("127.0.0.1", server.config.classroom_port, local_hostname=name, timeout=10) as client:
+        assert client.sendmail("a@sender-host.test", ["b@my-domain.test"], b"Subject: rfc\r\n\r\nhi\r\n") == {}
+    assert stored(server, "my-domain.test") == [b"Subject: rfc\n\nhi\n"]
+
+
+def test_without_ehlo_helo_and_paths_keep_the_dialects_grammar(server: ServerController) -> None:
+    with classroom(server) as client:
+        client.command("HELO my-laptop", 501)
+        client.command("HELO student", 250)
+        client.command("MAIL FROM: <a@sender-host.test>", 501)
+
+
+def test_a_client_that_never_reads_its_replies_loses_its_place(start_server: StartServer) -> None:
+    server = start_server(classroom=True, idle_timeout=1.0, max_connections=1)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", server.config.classroom_port))
+    hog.settimeout(2)
+    try:
+        try:
+            # Until the server stops reading: its replies fill both socket buffers, and its
+            # write waits for a reader that never comes.
+            for _ in range(100_000):
+                hog.sendall(b"NOOP\n" * 1000)
+        except TimeoutError:
+            pass  # the server stopped reading: it is stuck in a write
+        except OSError:
+            pass  # or it cut the connection already
+        # What it sent is still answered, up to the replies the socket buffers hold (megabytes,
+        # a write each); then a write waits, and after the idle timeout the server cuts it off.
+        wait_until(lambda: not server.sessions.open, "the server to drop the client that does not read", 90)
+    finally:
+        hog.close()
+    with classroom(server) as client:  # its place is free again
+        client.command("HELO student", 250)
+
+
 def test_a_smuggled_lf_dot_lf_ends_the_message_here_but_not_on_the_main_port(server: ServerController) -> None:
     """What the classroom port accepts: LF "." LF ends DATA, so what follows it is read as commands.
 

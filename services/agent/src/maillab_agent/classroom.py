@@ -22,14 +22,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from maillab_agent.smtp import Observer, Reply, SmtpConnectionError, SmtpError, open_stream
+from maillab_agent.smtp import Observer, Reply, SmtpConnectionError, SmtpError, dot_stuffed, open_stream
 from maillab_common.classroom import CODES
 
 FALLBACK_DOMAIN = "maillab"
 MAX_REPLY = 1024  # course clients read each reply with one recv(1024)
 _NOT_LET_DIG = re.compile(r"[^A-Za-z0-9]")
 _LINE_END = re.compile(rb"\r*\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _REPLY = re.compile(rb"([0-9]{3}) ([\x20-\x7e]*)\n")
 
 
@@ -49,7 +48,7 @@ def wire_message(message: bytes) -> bytes:
     message = _LINE_END.sub(b"\n", message)
     if not message.endswith(b"\n"):
         message += b"\n"
-    return _LEADING_DOT.sub(b"..", message) + b".\n"
+    return dot_stuffed(message) + b".\n"
 
 
 def reply_problem(raw: bytes) -> str | None:
@@ -152,15 +151,20 @@ class ClassroomClient:
     async def reply(self) -> Reply:
         """The next reply, read leniently: its last line, should an RFC server send several (`250-...`).
 
-        SmtpConnectionError when a line has no code.
+        SmtpConnectionError when a line has no code, or the whole reply does not come within
+        the timeout: a server that sends continuation lines forever cannot hold the client.
         """
-        while True:
-            heard = await self.hear()
-            reply = heard.reply
-            if reply is None:
-                raise SmtpConnectionError(f"not an SMTP reply: {heard.line[:200]!r}")
-            if heard.raw[3:4] != b"-":
-                return reply
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    heard = await self.hear()
+                    reply = heard.reply
+                    if reply is None:
+                        raise SmtpConnectionError(f"not an SMTP reply: {heard.line[:200]!r}")
+                    if heard.raw[3:4] != b"-":
+                        return reply
+        except TimeoutError as exc:
+            raise SmtpConnectionError(f"no whole reply within {self.timeout:g}s") from exc
 
     async def command(self, line: str) -> Reply:
         self.write_command(line)

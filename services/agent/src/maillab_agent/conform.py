@@ -71,14 +71,14 @@ def _message(subject: str, body: str, to: tuple[str, ...] = RECIPIENTS[:1], head
     return f"From: {SENDER}\nTo: {', '.join(to)}\nSubject: {subject}\n{headers}\n{body}".encode()
 
 
-_ATTACHED = bytes(range(256)) * 2  # 512 bytes: base64 in lines of 76 characters, then a partial line
+_ATTACHED = bytes(range(256)) * 2 + b"tail"  # 516 bytes: 9 base64 lines of 76 characters, then a partial one
 _BOUNDARY = "maillab-conform-boundary"
 PLAIN = _message("conform: one recipient", "Hello from maillab's conformance run.\n")
 SEVERAL = _message("conform: three recipients", "Hello to three.\n", RECIPIENTS)
 DOTS = _message("conform: dot lines", ".a line starting with a dot\n..two dots\n.\nthe line above is a lone dot\n")
 ATTACHMENT = _message(
     "conform: an attachment",
-    f"--{_BOUNDARY}\nContent-Type: text/plain\n\nThe attachment is 512 bytes.\n\n"
+    f"--{_BOUNDARY}\nContent-Type: text/plain\n\nThe attachment is 516 bytes.\n\n"
     f"--{_BOUNDARY}\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n"
     f'Content-Disposition: attachment; filename="bytes.bin"\n\n'
     f"{base64.encodebytes(_ATTACHED).decode()}\n--{_BOUNDARY}--\n",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from maillab_common.esmtp import ONCE
 
 T = TypeVar("T")
 Job = TypeVar("Job")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _READ_LIMIT = 1024 * 1024
 
 
@@ -118,7 +116,17 @@ def wire_data(message: bytes) -> bytes:
     """The DATA payload for `message` (CRLF line endings): dot-stuffed, with the final '.'."""
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
-    return _LEADING_DOT.sub(b"..", message) + b".\r\n"
+    return dot_stuffed(message) + b".\r\n"
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """`message` with a dot added before every line that starts with one (RFC 5321 4.5.2).
+
+    bytes.replace, not a MULTILINE "^\\." regex, which tries every position for a line start:
+    about 1 ms for 100 KiB, against a scan at memchr speed.
+    """
+    stuffed = message.replace(b"\n.", b"\n..")
+    return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
 Observer = Callable[[str, str], None]  # ("C" or "S", line)

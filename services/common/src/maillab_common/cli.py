@@ -14,7 +14,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.text import Text
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer>=0.29 vendors click
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.27+ vendors click
 
 from maillab_common.text import visible
 

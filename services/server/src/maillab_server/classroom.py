@@ -25,8 +25,9 @@ as a course server would, so that `agent conform` grades this listener as it gra
   reads it, the domain in HELO's grammar. Then the handler's checks, as on the main port.
 - Commands out of order get 503, unknown ones 500: EHLO among them, as the dialect has it.
 - An RFC client gets a working session the way RFC 5321 4.1.4 has it meet an old server:
-  its EHLO gets 500, and it falls back to HELO (smtplib does). Its HELO name must fit the
-  grammar (smtplib: `local_hostname=`). RSET and NOOP get 250; VRFY, STARTTLS, AUTH and
+  its EHLO gets 500, and it falls back to HELO (smtplib does). After an EHLO, HELO takes
+  any name RFC 5321 allows (a domain or an address literal) and paths any domain the main
+  port takes, so that smtplib and the agent work with their own names. RSET and NOOP get 250; VRFY, STARTTLS, AUTH and
   the rest get 500. No extensions: no SIZE, PIPELINING, 8BITMIME, STARTTLS or AUTH.
 
 Answers are strict: only the codes above. Whatever the dialect has no code for gets 500 and
@@ -53,7 +54,7 @@ from typing import Any, cast
 
 from aiosmtpd.smtp import Session
 
-from maillab_common.addresses import InvalidAddress, parse_mailbox, parse_path
+from maillab_common.addresses import InvalidAddress, normalise_domain, parse_mailbox, parse_path
 from maillab_common.classroom import CODES, is_domain
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner
@@ -86,8 +87,20 @@ def in_dialect(reply: str) -> bytes:
     return reply_line(_DIALECT_CODE.get(code, "500"), text)
 
 
-def mailbox_argument(arg: str, keyword: str) -> str | None:
-    """The address in `FROM: <local@domain>` (keyword FROM) or `TO: <...>` (TO); None if malformed."""
+def _is_rfc_name(text: str) -> bool:
+    """A name RFC 5321 allows after HELO: a domain or an address literal."""
+    try:
+        normalise_domain(text)
+    except InvalidAddress:
+        return False
+    return True
+
+
+def mailbox_argument(arg: str, keyword: str, *, rfc: bool = False) -> str | None:
+    """The address in `FROM: <local@domain>` (keyword FROM) or `TO: <...>` (TO); None if malformed.
+
+    With `rfc` (an RFC client's session), the domain may be any that parse_mailbox takes.
+    """
     if arg[: len(keyword) + 1].upper() != f"{keyword}:":
         return None
     path = arg[len(keyword) + 1 :].lstrip(" \t")
@@ -98,7 +111,7 @@ def mailbox_argument(arg: str, keyword: str) -> str | None:
         mailbox = parse_mailbox(parsed[0])
     except InvalidAddress:
         return None
-    return parsed[0] if is_domain(mailbox.domain) else None
+    return parsed[0] if rfc or is_domain(mailbox.domain) else None
 
 
 class ClassroomSMTP(asyncio.StreamReaderProtocol):
@@ -118,6 +131,7 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         self._session = Session(asyncio.get_running_loop())
         self._envelope = LabEnvelope()
         self._helo = False
+        self._rfc_client = False  # it said EHLO: from then on, HELO and paths as RFC 5321 has them
         self._refusing = False
         self.refused = False  # refused as it came: never a session
         self.in_data = False
@@ -185,6 +199,7 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
                     return
                 verb, _, arg = line.strip(" \t").partition(" ")
                 command = self._commands.get(verb.upper())
+                self._rfc_client |= verb.upper() == "EHLO"
                 if command is None:
                     await self._say("500", "Syntax error: command unrecognized")
                 elif not await command(arg.strip(" \t")):
@@ -206,7 +221,12 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         if self._writer is None or self._writer.is_closing():
             return
         self._writer.write(line)
-        await self._writer.drain()
+        try:
+            # Bounded as a read is: a client that sends and never reads cannot keep its place.
+            await asyncio.wait_for(self._writer.drain(), self._config.idle_timeout)
+        except TimeoutError:
+            log.info("closing %r on the classroom port: it reads no replies", self._session.peer)
+            self._writer.transport.abort()
 
     async def _read(self) -> bytes:
         """The connection's next bytes; b"" at its end, or after the idle timeout (which closes it)."""
@@ -245,7 +265,9 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
             return line.removesuffix(b"\r").decode("utf-8", "surrogateescape")
 
     async def _hello(self, arg: str) -> bool:
-        if not is_domain(arg):
+        # An RFC client that tried EHLO falls back to HELO with its own name, which RFC 5321
+        # allows to be any domain or address literal (smtplib's "[127.0.0.1]", "my-laptop").
+        if not (is_domain(arg) or (self._rfc_client and _is_rfc_name(arg))):
             await self._say(
                 "501", "Syntax: HELO domain (letters and digits, each dot-separated element starting with a letter)"
             )
@@ -274,7 +296,7 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
 
     async def _path(self, arg: str, command: str, hook: Callable[..., Awaitable[str]]) -> None:
         """MAIL's or RCPT's path, checked by the dialect's grammar, then by the handler's hook."""
-        address = mailbox_argument(arg, command.partition(" ")[2])
+        address = mailbox_argument(arg, command.partition(" ")[2], rfc=self._rfc_client)
         if address is None:
             await self._say("501", f"Syntax: {command}: <local@domain>")
         else:
