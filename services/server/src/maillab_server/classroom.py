@@ -27,8 +27,9 @@ as a course server would, so that `agent conform` grades this listener as it gra
 - An RFC client gets a working session the way RFC 5321 4.1.4 has it meet an old server:
   its EHLO gets 500, and it falls back to HELO (smtplib does). After an EHLO, HELO takes
   any name RFC 5321 allows (a domain or an address literal) and paths any domain the main
-  port takes, so that smtplib and the agent work with their own names. RSET and NOOP get 250; VRFY, STARTTLS, AUTH and
-  the rest get 500. No extensions: no SIZE, PIPELINING, 8BITMIME, STARTTLS or AUTH.
+  port takes, so that smtplib and the agent work with their own names. RSET and NOOP get
+  250; VRFY, STARTTLS, AUTH and the rest get 500. No extensions: no SIZE, PIPELINING,
+  8BITMIME, STARTTLS or AUTH.
 
 Answers are strict: only the codes above. Whatever the dialect has no code for gets 500 and
 text that says what happened: a message not stored (the store failed, or the disk is full),
