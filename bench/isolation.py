@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import free_port, percentile, stop_process, wait_for_port
@@ -47,6 +46,7 @@ from maillab_common.forward import (
     to_mbox_line_endings,
 )
 from maillab_server.store import ForwardStore
+from tests.helpers import BASE
 
 HOSTILE_SENDER = "hostile@attack.test"
 HOSTILE_RCPT = "x@hostile.test"
@@ -150,17 +150,7 @@ def line_ending_times() -> list[tuple[str, float, float]]:
 
 def lookup_times(work: Path, size: int, old_budget: float) -> list[tuple[str, str, str]]:
     """One lookup of each adversarial body in a file holding one large record: old and new, in ms."""
-    template = Delivery(
-        mail_from=HOSTILE_SENDER,
-        rcpt_tos=(HOSTILE_RCPT,),
-        received_at=datetime.now(UTC).replace(microsecond=0),
-        transaction_id="BENCH",
-        helo="bench",
-        peer="127.0.0.1",
-        server_name="maillab.bench",
-        tls=False,
-        message=b"",
-    )
+    template = replace(BASE, mail_from=HOSTILE_SENDER, rcpt_tos=(HOSTILE_RCPT,), message=b"")
     folder = Path(tempfile.mkdtemp(prefix=f"lookup-{size}-", dir=work))
     record = render_record(replace(template, message=to_mbox_line_endings(large_message(size))))
     (folder / "hostile.test").write_bytes(record)

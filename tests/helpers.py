@@ -4,7 +4,7 @@
 - `MULTIPART`: a message with an encoded subject, a text body and one attachment.
 - `record`: message number N (subject `nN`, Message-ID `<N@x.test>`) as the server stores it.
 - `Watch`: `maillab-inspector watch --json` in a child process, its output read line by line.
-- `inspector`: any other inspector command, run to its end.
+- `run_cli`: any maillab command line, run to its end; `inspector`: an inspector command.
 - `wait_until`: wait for an observable condition, with a deadline.
 """
 
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,16 +68,24 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOU
         threading.Event().wait(0.01)
 
 
-def inspector(forward: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    """Run `maillab-inspector ARGUMENTS` over the forward folder `forward` to its end."""
+def run_cli(
+    module: str, *arguments: str, stdin: str | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m MODULE ARGUMENTS` to its end, 200 columns wide; `env` replaces os.environ."""
     return subprocess.run(
-        [sys.executable, "-m", "maillab_inspector", *arguments],
-        env={**os.environ, "MAILLAB_FORWARD_DIR": str(forward), "COLUMNS": "200"},
+        [sys.executable, "-m", module, *arguments],
+        input=stdin,
+        env={**(os.environ if env is None else env), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def inspector(forward: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `maillab-inspector ARGUMENTS` over the forward folder `forward` to its end."""
+    return run_cli("maillab_inspector", *arguments, env={**os.environ, "MAILLAB_FORWARD_DIR": str(forward)})
 
 
 class Watch:

@@ -28,6 +28,7 @@ from maillab_agent.conform import CASES, GREETING, QUIT, Columns
 from maillab_common.classroom import is_domain
 from maillab_common.cli import EXIT_USAGE
 from tests.course_server import CourseServer, Faults
+from tests.helpers import run_cli
 from tests.hostile import CONTROL_PAYLOADS, assert_inert, run_in_pty
 from tests.unit.conftest import free_port
 
@@ -44,15 +45,7 @@ def course() -> Iterator[CourseServer]:
 
 
 def agent(*arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENT, *arguments],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "COLUMNS": "250"},
-    )
+    return run_cli("maillab_agent", *arguments, stdin=stdin)
 
 
 def parsed(data: bytes) -> EmailMessage:

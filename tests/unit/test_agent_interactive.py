@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,19 +16,12 @@ from typer.testing import CliRunner
 from maillab_agent.__main__ import EXIT_SESSION_REFUSED, app
 from maillab_common.forward import Record, parse_records
 from maillab_inspector.model import attachment_payloads, parse_message, text_body
+from tests.helpers import run_cli
 from tests.unit.conftest import ServerController, free_port
 
 
 def interactive(server: ServerController, stdin: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "maillab_agent", "interactive", server.hostname, str(server.port)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return run_cli("maillab_agent", "interactive", server.hostname, str(server.port), stdin=stdin)
 
 
 def test_a_piped_session_reprompts_on_bad_input_and_prints_the_dialog(server: ServerController, tmp_path: Path) -> None:

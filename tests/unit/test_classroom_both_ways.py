@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 from maillab_agent.conform import ATTACHMENT, CASES, DOTS, PLAIN, SEVERAL
 from maillab_common.forward import Record, parse_records
+from tests.helpers import run_cli
 from tests.unit.conftest import StartServer
 
 
 def test_the_classroom_listener_passes_conform_and_stores_each_message_intact(start_server: StartServer) -> None:
     server = start_server(classroom=True)
     where = ("127.0.0.1", str(server.config.classroom_port))
-    result = subprocess.run(
-        [sys.executable, "-m", "maillab_agent", "conform", "--dialect", "classroom", *where],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("maillab_agent", "conform", "--dialect", "classroom", *where)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(CASES)} of {len(CASES)} cases passed" in result.stdout
 

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_cli
 from tests.hostile import assert_inert
 
 CLIS = ("maillab_server", "maillab_agent", "maillab_inspector")
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "TERM": "dumb"},
-    )
+    return run_cli(module, *args, env={"PATH": "/usr/bin:/bin", "TERM": "dumb"})
 
 
 @pytest.mark.parametrize("module", CLIS)
