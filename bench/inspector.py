@@ -5,12 +5,13 @@ Runs the real server and inspector as processes on loopback and real files in a 
 folder. Prints a markdown table; docs/benchmarks.md keeps the latest results.
 
     python -m bench.inspector [--rate 500] [--seconds 5] [--big-gib 1] [--domains 20000]
-                              [--only latency,cost,memory,domains,hostile]
+                              [--messages 100000] [--only latency,cost,memory,domains,list,render,hostile]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -21,13 +22,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
+
+from rich.console import Console
 
 from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
 from maillab_common.forward import Delivery, Record, render_record
-from maillab_inspector.model import headers_shown, parse_headers, summarize
+from maillab_inspector.model import headers_shown, headline, parse_headers, summarize
+from maillab_inspector.render import as_json, as_line, as_panel
 from maillab_inspector.tail import ForwardTail
 from tests import hostile
 
@@ -197,6 +205,94 @@ def many_domains(work: Path, files: int, sweeps: int = 20) -> dict[str, float]:
     return {"first_s": first_seconds, "idle_ms": statistics.median(idle) * 1000, "list_s": list_seconds}
 
 
+def agent_like(number: int) -> bytes:
+    """A message as the agent's batch sends it and the server stores it (LF line ends): a text
+    body and a 1 KiB attachment, about 2 KiB in all; its own Subject, Message-ID and boundary."""
+    message = EmailMessage(policy=SMTP)
+    message["From"] = "sender@bench.test"
+    message["To"] = f"r{number}@d{number % 4}.test"
+    message["Subject"] = f"batch message {number}"
+    message["Date"] = "Thu, 01 Jan 2026 00:00:00 +0000"
+    message["Message-ID"] = f"<{number}.batch@bench.test>"
+    message.set_content(f"Hello,\n\nthis is message {number} of the batch.\n")
+    attachment = bytes((number * 7 + n) % 256 for n in range(1024))
+    message.add_attachment(
+        attachment, maintype="application", subtype="octet-stream", filename=f"a{number % 3 + 1}.bin"
+    )
+    message.set_boundary(f"===============bench{number:012d}==")
+    return message.as_bytes().replace(b"\r\n", b"\n")
+
+
+def listing(work: Path, messages: int, files: int = 4) -> dict[str, float]:
+    """`inspector list` and `list --json` over `messages` agent-like messages in `files` domain files:
+    seconds in all (output to /dev/null) and of CPU, and to the first line (output to a pipe)."""
+    folder = work / "list-forward"
+    folder.mkdir()
+    # One message rendered whole; the others from it, numbers swapped in (as fast as a copy).
+    template = agent_like(0)
+    for domain in range(files):
+        with open(folder / f"d{domain}.test", "wb") as file:
+            for number in range(domain, messages, files):
+                message = template.replace(b"message 0", b"message %d" % number).replace(b"<0.", b"<%d." % number)
+                message = message.replace(b"bench000000000000", b"bench%012d" % number)
+                delivery = replace(
+                    synthetic(message), rcpt_tos=(f"r{number}@d{domain}.test",), transaction_id=f"L{number}"
+                )
+                file.write(render_record(delivery))
+    size = sum(path.stat().st_size for path in folder.iterdir())
+    result: dict[str, float] = {"messages": messages, "files": files, "mib": size / 1024**2}
+    for name, extra in (("list", []), ("json", ["--json"])):
+        argv = [sys.executable, "-m", "maillab_inspector", "list", "--forward-dir", str(folder), *extra]
+        started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        result[f"{name}_s"] = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result[f"{name}_cpu_s"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        started = time.perf_counter()
+        with subprocess.Popen(argv, stdout=subprocess.PIPE) as process:
+            output = process.stdout
+            assert output is not None
+            lines = len(output.readline()) and 1
+            result[f"{name}_first_s"] = time.perf_counter() - started
+            while chunk := output.read(1 << 16):
+                lines += chunk.count(b"\n")
+        assert process.returncode == 0 and lines == messages, (name, lines)
+    return result
+
+
+def show_costs(messages: int = 3_000) -> dict[str, float]:
+    """What `watch` spends to show one agent-like message at each level (panel, line, JSON), in
+    µs; and JSON summaries a second in this thread against a pool of two processes."""
+    records = [Record(offset=0, length=0, delivery=synthetic(agent_like(number))) for number in range(messages)]
+    console = Console(file=io.StringIO(), width=100)
+    shows: dict[str, Callable[[Record], object]] = {
+        "panel": lambda record: console.print(as_panel(summarize("d0.test", record))),
+        "line": lambda record: as_line(headline("d0.test", record)),
+        "json": lambda record: as_json(summarize("d0.test", record)),
+    }
+    costs = {}
+    for name, show in shows.items():
+        started = time.perf_counter()
+        for record in records:
+            show(record)
+        costs[f"{name}_us"] = (time.perf_counter() - started) / messages * 1e6
+    started = time.perf_counter()
+    for record in records:
+        as_json(summarize("d0.test", record))
+    costs["inline_per_s"] = messages / (time.perf_counter() - started)
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_json_of, records[:10]))  # the workers started and warm
+        started = time.perf_counter()
+        for line in pool.map(_json_of, records, chunksize=64):
+            assert line
+        costs["pool_per_s"] = messages / (time.perf_counter() - started)
+    return costs
+
+
+def _json_of(record: Record) -> str:
+    return as_json(summarize("d0.test", record))
+
+
 def hostile_message_times() -> dict[str, tuple[float, float]]:
     """Seconds to summarise each hostile message (what watch, list and verify do) and to decode its headers (show)."""
     times = {}
@@ -217,7 +313,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--big-gib", type=float, default=1.0)
     parser.add_argument("--domains", type=int, default=20_000, help="domain files for the many-domains case")
-    parser.add_argument("--only", default="latency,cost,memory,domains,hostile", help="comma-separated cases")
+    parser.add_argument("--messages", type=int, default=100_000, help="agent-like messages for the list case")
+    parser.add_argument(
+        "--only", default="latency,cost,memory,domains,list,render,hostile", help="comma-separated cases"
+    )
     args = parser.parse_args()
     only = set(args.only.split(","))
     print("| inspector measure | result |")
@@ -243,6 +342,31 @@ def main() -> None:
             print(
                 f"| {args.domains:,} domain files: first sweep, idle sweep (median), `inspector list` | "
                 f"{domains['first_s']:.2f} s, {domains['idle_ms']:.0f} ms, {domains['list_s']:.1f} s |"
+            )
+        if "list" in only:
+            listed = listing(work, args.messages)
+            over = f"{listed['messages']:,.0f} agent-like messages in {listed['files']:.0f} files"
+            over += f" ({listed['mib']:.0f} MiB)"
+            print(
+                f"| `inspector list` over {over}: in all (CPU), to the first line | "
+                f"{listed['list_s']:.1f} s ({listed['list_cpu_s']:.1f} s), {listed['list_first_s']:.2f} s |"
+            )
+            print(
+                f"| `inspector list --json` over {over}: in all (CPU), to the first line | "
+                f"{listed['json_s']:.1f} s ({listed['json_cpu_s']:.1f} s), {listed['json_first_s']:.2f} s |"
+            )
+        if "render" in only:
+            costs = show_costs()
+            print(
+                f"| `watch`: showing one agent-like message as a panel, a line, JSON | "
+                f"{costs['panel_us']:.0f} µs, {costs['line_us']:.0f} µs, {costs['json_us']:.0f} µs "
+                f"(at most {1e6 / costs['panel_us']:,.0f}, {1e6 / costs['line_us']:,.0f} and "
+                f"{1e6 / costs['json_us']:,.0f} a second) |"
+            )
+            print(
+                f"| JSON summaries a second: in the watch's thread vs a pool of 2 processes | "
+                f"{costs['inline_per_s']:,.0f} vs {costs['pool_per_s']:,.0f} "
+                f"(ratio {costs['pool_per_s'] / costs['inline_per_s']:.2f}) |"
             )
         if "hostile" in only:
             for name, (summary, shown) in hostile_message_times().items():

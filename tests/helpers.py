@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar, TextIO
 
 from maillab_common.forward import Delivery, render_record
+from maillab_inspector.state import load_positions
 
 BASE = Delivery(
     mail_from="alice@example.test",
@@ -89,7 +90,7 @@ def inspector(forward: Path, *arguments: str) -> subprocess.CompletedProcess[str
 
 
 class Watch:
-    """`maillab-inspector watch --json` in a child process, its output read line by line.
+    """`maillab-inspector watch --json` (or its text output) in a child process, its output read line by line.
 
     What was not printed is never proved by waiting a while: a test delivers one more
     message, a marker, and `printed_until` returns everything printed up to it. The watch
@@ -99,7 +100,7 @@ class Watch:
 
     started: ClassVar[list[Watch]] = []  # the processes a test started, stopped in teardown
 
-    def __init__(self, forward: Path, state: Path, *arguments: str) -> None:
+    def __init__(self, forward: Path, state: Path, *arguments: str, json_lines: bool = True) -> None:
         env = {
             **os.environ,
             "MAILLAB_FORWARD_DIR": str(forward),
@@ -108,8 +109,8 @@ class Watch:
             "MAILLAB_SWEEP_INTERVAL": "0.2",
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "maillab_inspector", "watch", "--json", *arguments],
-            env=env,
+            [sys.executable, "-m", "maillab_inspector", "watch", *(["--json"] if json_lines else []), *arguments],
+            env={**env, "COLUMNS": "100"},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -118,8 +119,12 @@ class Watch:
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.errors: list[str] = []
         self._logged = threading.Condition()
-        threading.Thread(target=self._pump_lines, args=(self.process.stdout,), daemon=True).start()
-        threading.Thread(target=self._pump_errors, args=(self.process.stderr,), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump_lines, args=(self.process.stdout,), daemon=True),
+            threading.Thread(target=self._pump_errors, args=(self.process.stderr,), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
         self.wait_for_log("watching")
 
     def _pump_lines(self, stream: TextIO) -> None:
@@ -155,11 +160,8 @@ class Watch:
         """Until the state file holds `offset` for the file `name` (the watch saves it after printing)."""
         waited = threading.Event()
         for _ in range(int(timeout / 0.05)):
-            try:
-                if json.loads(state.read_text())["files"][name]["offset"] == offset:
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
+            if (load_positions(state) or {}).get(name, (0, -1))[1] == offset:
+                return
             waited.wait(0.05)
         raise AssertionError(f"the state file never reached {name} at {offset}")
 
@@ -167,6 +169,8 @@ class Watch:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         code = self.process.wait(timeout=TIMEOUT)
+        for pump in self._pumps:  # to the end of what the process wrote: every line it printed is in `lines`
+            pump.join(timeout=TIMEOUT)
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()

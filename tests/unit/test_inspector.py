@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from maillab_common.forward import Damaged, Record, render_record
-from maillab_inspector.model import header_text, summarize
+from maillab_inspector.model import header_text, parse_message, summarize
 from maillab_inspector.render import as_json, as_panel
 from maillab_inspector.tail import ForwardTail
 from maillab_server.store import ForwardStore
@@ -191,3 +191,12 @@ def test_plain_headers_read_without_the_parser_read_as_with_it(subject: str, loc
             parsed = ""
         expected = " ".join((parsed if parsed.strip() else raw.strip()).split())
         assert header_text(message, name) == expected
+
+
+def test_one_header_class_serves_every_message_of_a_kind() -> None:
+    """The stdlib makes a class per header parsed, freed only by the cyclic collector: a backlog piled them up."""
+    first, second = (Record(0, 0, replace(BASE, message=f"Subject: s{n}\nTo: a@x.test\n\n".encode())) for n in (1, 2))
+    summaries = [parse_message(record) for record in (first, second)]
+    assert type(summaries[0]["subject"]) is type(summaries[1]["subject"])
+    assert type(summaries[0]["to"]) is type(summaries[1]["to"])
+    assert type(summaries[0]["subject"]) is not type(summaries[0]["to"])

@@ -1,4 +1,5 @@
-"""What a message can make the inspector spend: bounded, measured as work, never as time.
+"""What a message can make the inspector spend: bounded, measured as work (and, for a headline's
+own scan, a generous time).
 
 The email package's header parser is super-linear on some fields (thousands of encoded
 words, parameters, addresses) and takes every MIME part apart. These tests count what it
@@ -14,6 +15,7 @@ import email.headerregistry
 import email.message
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +24,15 @@ from typing import Any
 import pytest
 
 from maillab_common.forward import Record, render_record
+from maillab_inspector import model
 from maillab_inspector.model import (
     FIELD_CHARACTERS,
     HEADER_BUDGET,
     MAX_PARTS,
     SHOW_HEADER_BUDGET,
+    Budget,
     headers_shown,
+    headline,
     parse_headers,
     summarize,
 )
@@ -118,6 +123,20 @@ def test_a_summary_parses_a_bounded_part_of_any_message(case: str, meter: Callab
 
 
 @pytest.mark.parametrize("case", HOSTILE)
+def test_a_headline_parses_two_fields_of_any_message_and_no_part(case: str, meter: Callable[[int], Meter]) -> None:
+    """A line (`list`, a `watch` behind) gives the parser the Subject and Message-ID, each cut, and nothing else."""
+    measured = meter(2 * FIELD_CHARACTERS)
+    measured.part_limit = 0
+    started = time.perf_counter()
+    line = headline("x.test", record(HOSTILE[case]))
+    # Its own scan is linear: a generous bound (about 100 ms on the slowest case), so that a
+    # quadratic one (seconds to minutes on these megabytes) fails.
+    assert time.perf_counter() - started < 2.0
+    assert measured.exceeded == "", measured
+    assert line.subject, "the subject is read"
+
+
+@pytest.mark.parametrize("case", HOSTILE)
 def test_show_decodes_a_bounded_part_of_any_message(case: str, meter: Callable[[int], Meter]) -> None:
     measured = meter(SHOW_HEADER_BUDGET + FIELD_CHARACTERS)
     shown = headers_shown(parse_headers(record(HOSTILE[case])))
@@ -149,6 +168,19 @@ def test_a_long_plain_subject_is_still_whole_and_no_problem() -> None:
 def test_a_message_past_the_bounds_is_summarised_from_its_headers(case: str, problem: str) -> None:
     summary = summarize("x.test", record(HOSTILE[case]))
     assert summary.subject == "parts" and summary.problem.startswith(problem)
+
+
+def test_fields_parsed_once_a_process_are_still_charged_to_each_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header object shared across messages (model.SHARED_FIELDS) saves the parse, not the
+    charge: the bound holds, and the summary is the same as without it."""
+    part = 'Content-Type: text/plain; charset="utf-8"\nContent-Disposition: attachment; filename="a1.bin"\n\nx'
+    message = record(multipart([part] * 50))
+    shared = [summarize("x.test", message, Budget(header_characters=4000)) for _ in range(2)]
+    assert shared[0] == shared[1] and shared[0].problem.startswith("header fields over 3 KiB to parse")
+    whole = summarize("x.test", message)
+    monkeypatch.setattr(model, "SHARED_CHARACTERS", -1)  # nothing shared
+    assert summarize("x.test", message) == whole and len(whole.attachments) == 50
+    assert summarize("x.test", message, Budget(header_characters=4000)) == shared[0]
 
 
 def test_a_message_within_the_bounds_is_read_whole() -> None:

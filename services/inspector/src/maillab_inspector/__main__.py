@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated
@@ -27,8 +28,9 @@ from maillab_common.text import visible
 from maillab_inspector import render, stored
 from maillab_inspector.attachments import CannotSave, save
 from maillab_inspector.config import InspectorConfig
-from maillab_inspector.model import MessageSummary, read_contents, thorough_budget
+from maillab_inspector.model import read_contents, thorough_budget
 from maillab_inspector.tail import ForwardTail
+from maillab_inspector.terminal import JsonOutput, TerminalOutput
 from maillab_inspector.verify import check, collect, expected_deliveries
 from maillab_inspector.watcher import Watcher, open_tail
 
@@ -75,27 +77,26 @@ def watch(
     state: Annotated[Path | None, typer.Option(help="Where to keep positions across restarts")] = None,
     forward_dir: ForwardDir = None,
 ) -> None:
-    """Print each message once, as it lands in a forward file."""
+    """Print each message once, as it lands in a forward file.
+
+    When messages land faster than panels can be printed, one line each, then a count per
+    second, until they slow down; it says when it switches. --json never switches.
+    """
     config, root = setup(forward_dir)
     only = domain_file(domain)
     state_file = state or config.state_file
     try:
-        tail = open_tail(root, state_file, from_start)
-    except OSError as exc:
+        tail, positions = open_tail(root, state_file, from_start)
+    except (OSError, sqlite3.Error) as exc:
         fail(f"cannot start watching (forward folder {root}, state file {state_file}): {exc}")
     watcher = Watcher(
-        tail, only=only, sweep_interval=config.sweep_interval, state_file=state_file, ready_file=config.ready_file
+        tail, only=only, sweep_interval=config.sweep_interval, positions=positions, ready_file=config.ready_file
     )
     watcher.stop_on_signals(signal.SIGTERM, signal.SIGINT)
-    watcher.run(_print_json if json_lines or config.output == "json" else _print_panel)
-
-
-def _print_json(summary: MessageSummary) -> None:
-    print(render.as_json(summary), flush=True)  # JSON lines: never wrapped or styled
-
-
-def _print_panel(summary: MessageSummary) -> None:
-    out.print(render.as_panel(summary))
+    try:
+        watcher.run(JsonOutput() if json_lines or config.output == "json" else TerminalOutput(out))
+    finally:
+        positions.close()
 
 
 @app.command("list")
@@ -107,9 +108,12 @@ def list_messages(
     """One line per stored message."""
     _, root = setup(forward_dir)
     tail = ForwardTail(root)
-    line = render.as_json if json_lines else render.as_line
-    for summary in stored.summaries(stored.poll(tail, domain_file(domain))):
-        print(line(summary))  # line-buffered on a terminal; a flush a line costs more than the line to a pipe
+    items = stored.poll(tail, domain_file(domain))
+    # A line needs the headers only; JSON says everything (attachments and their hashes).
+    # Printed as read: line-buffered on a terminal; a flush a line costs more than the line to a pipe.
+    lines = map(render.as_json, stored.summaries(items)) if json_lines else map(render.as_line, stored.headlines(items))
+    for line in lines:
+        print(line)
     stored.warn_unfinished(tail)
 
 

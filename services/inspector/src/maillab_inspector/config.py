@@ -17,7 +17,7 @@ class InspectorConfig:
     sweep_interval: float = 1.0
     ready_file: Path = Path("/tmp/maillab-inspector.ready")
     output: str = "text"
-    state_file: Path = Path("inspector-state.json")  # from_env puts it under $XDG_STATE_HOME
+    state_file: Path = Path("inspector-positions.sqlite3")  # from_env puts it under $XDG_STATE_HOME
     manifest: Path | None = None  # the agent's manifest, for verify (compose shares it on a volume)
 
     @classmethod
@@ -35,4 +35,4 @@ class InspectorConfig:
 
 def _default_state_file(env: Mapping[str, str]) -> Path:
     state_home = Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "/tmp") / ".local" / "state")
-    return state_home / "maillab" / "inspector.json"
+    return state_home / "maillab" / "inspector-positions.sqlite3"

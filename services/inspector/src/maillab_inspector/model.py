@@ -1,15 +1,23 @@
-"""A stored record as data: the message summary that the renderers, `verify` and `show` read.
+"""A stored record as data: the message summary that panels, JSON, `verify` and `show` read,
+and the headline that one line (`list`, a `watch` that falls behind) reads.
 
-Pure functions: a record in, a summary out; no I/O and no terminal. A message that cannot
-be decoded still gets a summary; what could not be read is left empty rather than raising,
-and a message too deeply nested for the email package is summarised from its headers,
-with the reason in `problem`.
+Pure functions: a record in, a summary or a headline out; no I/O and no terminal. A
+headline is what the header block alone says (the envelope, Subject, Message-ID), found
+without the email package's parser but field for field as it finds them; a summary takes
+the whole message apart (MIME parts, attachments and their SHA-256, the text body), and is
+a headline too. A message that cannot be decoded still gets a summary; what could not be
+read is left empty rather than raising, and a message too deeply nested for the email
+package is summarised from its headers, with the reason in `problem`.
 
 Every cost a message controls is bounded. The email package's header parser is slow and,
 on some inputs (thousands of encoded words, parameters), super-linear in the length of a
 field, so it is given at most FIELD_CHARACTERS of each field (the rest is kept as stored),
 at most HEADER_BUDGET characters of fields per message, and at most MAX_PARTS MIME parts;
-past that a message is summarised from its headers, with `problem` saying why.
+past that a message is summarised from its headers, with `problem` saying why. A headline
+scans the header block in linear time and gives the parser only its two fields, each cut
+to FIELD_CHARACTERS. Header values that repeat across messages (a part's
+`text/plain; charset="utf-8"`) are parsed once a process (SHARED_FIELDS), still charged
+to each message's budget.
 
 The text in a summary is the message's text exactly (controls included): making it safe to
 print is the renderers' job (render.py).
@@ -17,12 +25,15 @@ print is the renderers' job (render.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.policy import EmailPolicy, Policy, default
+from email.policy import EmailPolicy, Policy
+from typing import Any, TypeVar
 
 from maillab_common.forward import Record
 
@@ -49,6 +60,12 @@ MAX_PARTS = 1_000
 # summary (a legitimate message of 20,000 attachments is read whole), still bounded.
 THOROUGH_HEADER_BUDGET = 32 * 1024 * 1024
 THOROUGH_PARTS = 20_000
+# Header values up to SHARED_CHARACTERS long are parsed once a process and the header object
+# shared: the MIME walk reads the same few (`text/plain; charset="utf-8"`, `base64`,
+# `attachment; filename="a1.bin"`) in every message. The SHARED_FIELDS used last are kept
+# (at most about 6 MiB); a value that never comes back (a multipart boundary) soon goes.
+SHARED_CHARACTERS = 128
+SHARED_FIELDS = 512
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,10 @@ class AttachmentSummary:
     sha256: str
 
 
-@dataclass(frozen=True)
-class MessageSummary:
+@dataclass(frozen=True, kw_only=True)
+class Headline:
+    """What the header block says: the envelope, Subject and Message-ID; one line's worth."""
+
     domain: str
     offset: int
     received: str
@@ -69,9 +88,16 @@ class MessageSummary:
     subject: str
     message_id: str
     size: int
+    problem: str = ""  # why part of the Subject or Message-ID could not be decoded, if it could not
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageSummary(Headline):
+    """The whole message taken apart. A headline too, whose `problem` also says why the
+    attachments and body could not be read, if they could not."""
+
     attachments: tuple[AttachmentSummary, ...]
     preview: tuple[str, ...]  # the first lines of the text body
-    problem: str = ""  # why attachments and body, or part of a header, could not be read, if they could not
 
 
 class TooMuchWork(Exception):
@@ -120,7 +146,11 @@ class BoundedPolicy(EmailPolicy):
         self.budget.spend_header(len(head))
         parsed = self.budget.parsed.get((name, value))
         if parsed is None:
-            parsed = self.budget.parsed[name, value] = super().header_fetch_parse(name, head)
+            if len(value) <= SHARED_CHARACTERS and self.header_factory is _FIELDS.header_factory:
+                parsed = _shared_field(name, value)
+            else:
+                parsed = super().header_fetch_parse(name, head)
+            self.budget.parsed[name, value] = parsed
         return parsed
 
 
@@ -131,8 +161,34 @@ def _new_part(policy: Policy) -> EmailMessage:
     return EmailMessage(policy)
 
 
+class SharedClassRegistry(HeaderRegistry):
+    """The default header registry, but for the class it makes for a header name: one per
+    kind of header a process, not one per header parsed. The stdlib's makes a new class
+    each time, and classes are freed only by the cyclic garbage collector: tens of thousands
+    of them piled up over a backlog (80 MiB and more, most of `watch`'s memory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type] = {}
+
+    def __getitem__(self, name: str) -> type:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:  # at most one for each class in the registry, whatever the names
+            made = self._made[kind] = super().__getitem__(name)
+        return made
+
+
 # Fields read one at a time (Subject, Message-ID): each is bounded, so no budget is needed.
-_FIELDS = BoundedPolicy(header_factory=default.header_factory, message_factory=_new_part)
+_FIELDS = BoundedPolicy(header_factory=SharedClassRegistry(), message_factory=_new_part)
+
+
+@functools.lru_cache(maxsize=SHARED_FIELDS)
+def _shared_field(name: str, value: str) -> str:
+    """The header object of a short field, made once a process. Header objects are never
+    changed after they are made (a str, and read-only properties over what was parsed), and
+    the inspector never changes or writes out a message it read, so one can serve every message."""
+    return EmailPolicy.header_fetch_parse(_FIELDS, name, value)  # type: ignore[no-any-return]
 
 
 def bounded_policy(budget: Budget | None) -> BoundedPolicy:
@@ -186,31 +242,93 @@ def read_contents(record: Record, budget: Budget | None = None) -> Contents:
 
 
 def summarize(domain: str, record: Record, budget: Budget | None = None) -> MessageSummary:
-    delivery = record.delivery
     contents = read_contents(record, budget)
-    message = contents.headers
+    subject, message_id = _raw(contents.headers, "Subject"), _raw(contents.headers, "Message-ID")
     problems = [contents.problem] if contents.problem else []
-    problems += [
-        f"{name} over {FIELD_CHARACTERS // 1024} KiB: encoded words past that shown as stored"
-        for name in ("Subject", "Message-ID")
-        if _partly_decoded(message, name)
-    ]
-    return MessageSummary(
-        domain=domain,
-        offset=record.offset,
-        received=delivery.received_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        mail_from=delivery.mail_from,
-        rcpt_to=delivery.rcpt_tos,
-        subject=header_text(message, "Subject"),
-        message_id=header_text(message, "Message-ID"),
-        size=len(delivery.message),
+    return _made(
+        MessageSummary,
+        domain,
+        record,
+        subject,
+        message_id,
         attachments=tuple(
             AttachmentSummary(filename=name, content_type=kind, size=len(data), sha256=hashlib.sha256(data).hexdigest())
             for name, kind, data in contents.attachments
         ),
         preview=tuple(contents.text.splitlines()[:PREVIEW_LINES]),
-        problem="; ".join(problems),
+        problem="; ".join(problems + _field_problems(subject, message_id)),
     )
+
+
+def headline(domain: str, record: Record) -> Headline:
+    """The record's headline, from its header block alone: the same Subject and Message-ID as
+    its summary, at a fraction of the cost (no MIME parts, no parser but for those two fields)."""
+    subject, message_id = _raw_fields(record.delivery.message)
+    problem = "; ".join(_field_problems(subject, message_id))
+    return _made(Headline, domain, record, subject, message_id, problem=problem)
+
+
+Kind = TypeVar("Kind", bound=Headline)  # a headline or a summary
+
+
+def _made(
+    kind: type[Kind], domain: str, record: Record, subject: str | None, message_id: str | None, **rest: Any
+) -> Kind:
+    """A headline or a summary (`rest` its own fields): what both say, from the envelope and the two raw fields."""
+    delivery = record.delivery
+    return kind(
+        domain=domain,
+        offset=record.offset,
+        received=delivery.received_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        mail_from=delivery.mail_from,
+        rcpt_to=delivery.rcpt_tos,
+        subject=field_text("Subject", subject),
+        message_id=field_text("Message-ID", message_id),
+        size=len(delivery.message),
+        **rest,
+    )
+
+
+def _field_problems(subject: str | None, message_id: str | None) -> list[str]:
+    """Each of the two fields longer than the parser is given that holds encoded words past that."""
+    return [
+        f"{name} over {FIELD_CHARACTERS // 1024} KiB: encoded words past that shown as stored"
+        for name, raw in (("Subject", subject), ("Message-ID", message_id))
+        if raw is not None and "=?" in raw[len(field_head(raw)) :]
+    ]
+
+
+# The header block as the email package's feedparser reads it: the lines (each ended by LF,
+# CR or CRLF, the last perhaps by nothing) that start with "Name:", "From " or a space or tab;
+# it ends at the first other line, the empty one included. Linear: no line can match two ways.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+# A field's value: the rest of its line and the continuation lines after it, without the last line end.
+_FIELD_VALUE = re.compile(rb"[^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*")
+
+
+def _raw_fields(message: bytes) -> tuple[str | None, str | None]:
+    """The raw Subject and Message-ID (the first of each) as the email package's `raw_items()`
+    gives them, from one linear scan of the header block."""
+    block = _HEADER_BLOCK.match(message)
+    assert block is not None  # it matches the empty string
+    headers = message[: block.end()]
+    lowered = headers.lower()  # field names are ASCII, and compared as str.lower() does
+    return _raw_field(headers, lowered, b"subject:"), _raw_field(headers, lowered, b"message-id:")
+
+
+def _raw_field(headers: bytes, lowered: bytes, label: bytes) -> str | None:
+    if lowered.startswith(label):
+        start = 0
+    else:
+        # The first line that starts with the label: after an LF, or after a CR ending a line of its own.
+        starts = [at + 1 for at in (lowered.find(b"\n" + label), lowered.find(b"\r" + label)) if at >= 0]
+        if not starts:
+            return None
+        start = min(starts)
+    value = _FIELD_VALUE.match(headers, start + len(label))
+    assert value is not None  # it matches the empty string
+    # As the email package decodes header bytes and strips them (EmailPolicy.header_source_parse).
+    return value[0].decode("ascii", "surrogateescape").lstrip(" \t")
 
 
 def attachment_payloads(message: Message) -> list[tuple[str, str, bytes]]:
@@ -250,19 +368,17 @@ _PLAIN_ID = re.compile(r"\s*<[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9!#$%&'*+
 
 def header_text(message: Message, name: str) -> str:
     """The header's decoded value on one line; its raw value where decoding leaves nothing."""
-    raw = _raw(message, name)
+    return field_text(name, _raw(message, name))
+
+
+def field_text(name: str, raw: str | None) -> str:
+    """A field's decoded value on one line, from its raw value (None: the message has no such field)."""
     if raw is None:
         return ""
     plain = name.lower() == "subject" and raw.isascii() and "=?" not in raw
     if plain or (name.lower() == "message-id" and _PLAIN_ID.fullmatch(raw)):
         return " ".join(_LINE_ENDS.sub("", raw).split())
     return " ".join(_decoded(_FIELDS, name, raw).split())
-
-
-def _partly_decoded(message: Message, name: str) -> bool:
-    """Whether the field is longer than the parser is given and holds encoded words past that."""
-    raw = _raw(message, name)
-    return raw is not None and "=?" in raw[len(field_head(raw)) :]
 
 
 def headers_shown(message: Message) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Presentation: a summary as a panel, a `list` line or JSON; `show`'s text; `verify`'s report.
+"""Presentation: a summary as a panel or JSON, a headline as a line; `show`'s text; `verify`'s report.
 
 Everything here reads the model (model.py) and writes nothing. What reaches a terminal goes
 through `visible` (controls shown as `\\x1b`, never obeyed) and rich `Text` (markup and
@@ -18,7 +18,7 @@ from rich.text import Text
 
 from maillab_common.forward import Record
 from maillab_common.text import visible
-from maillab_inspector.model import Contents, MessageSummary, headers_shown, parse_headers
+from maillab_inspector.model import Contents, Headline, MessageSummary, headers_shown, parse_headers
 from maillab_inspector.verify import VerifyReport
 
 # Where a line is shown to a person (a panel, `list`), longer text is cut here: a 4 MB
@@ -84,12 +84,12 @@ def as_panel(summary: MessageSummary) -> Panel:
     )
 
 
-def as_line(summary: MessageSummary) -> str:
-    """One line per message, for `inspector list`: its controls made visible, so one line it stays."""
+def as_line(line: Headline) -> str:
+    """One line per message (`inspector list`, `watch` when it falls behind), from the headers
+    alone (a summary is a headline too): its controls made visible, so one line it stays."""
     return (
-        f"{summary.received}  {visible(summary.domain)}  {shown(summary.message_id)}  <{shown(summary.mail_from)}>  "
-        f"{summary.size}B  {len(summary.attachments)} att  {shown(summary.subject)}"
-        + (f"  [{shown(summary.problem)}]" if summary.problem else "")
+        f"{line.received}  {visible(line.domain)}  {shown(line.message_id)}  <{shown(line.mail_from)}>  "
+        f"{line.size}B  {shown(line.subject)}" + (f"  [{shown(line.problem)}]" if line.problem else "")
     )
 
 
@@ -173,3 +173,28 @@ def verify_findings(report: VerifyReport) -> list[Text]:
         for (message_id, domain), copies in report.duplicated
     ]
     return lines
+
+
+RATE_LINE_DOMAINS = 5  # the busiest domains a rate line names; the rest are counted
+
+
+def rate_line(counts: dict[str, int], seconds: float) -> str:
+    """`watch`'s line for a second of messages counted, not shown: how many, and where, busiest first."""
+    total = sum(counts.values())
+    busiest = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    named = ", ".join(f"{visible(domain)} {count:,}" for domain, count in busiest[:RATE_LINE_DOMAINS])
+    rest = len(busiest) - RATE_LINE_DOMAINS
+    period = "the last second" if seconds < 1.5 else f"the last {seconds:.0f} seconds"
+    noun = "message" if total == 1 else "messages"
+    return f"{total:,} {noun} in {period}: {named}" + (f" and {rest:,} more domains" if rest > 0 else "")
+
+
+def fewer_details_notice(shown_as: str, waited: float) -> str:
+    """What `watch` says when it shows less of each message, to keep up."""
+    behind = f"falling behind (a message waited {waited:.1f} s to be shown)"
+    return f"-- watch: {behind}: {shown_as} until deliveries slow down --"
+
+
+def more_details_notice(shown_as: str, rate: float) -> str:
+    """What `watch` says when deliveries have slowed down enough to show more again."""
+    return f"-- watch: caught up ({rate:,.0f} messages in the last second): {shown_as} again --"

@@ -1,23 +1,27 @@
-"""The stored messages as every command sees them: the tail's records, made summaries.
+"""The stored messages as every command sees them: the tail's records, made summaries or headlines.
 
 The tail (tail.py) reads the forward files and the model (model.py) takes each record
-apart; this is where the two meet, for `watch`, `list`, `show` and `verify` alike. What
-cannot be read (damaged bytes, a message the email package trips over) is logged here, once,
-and skipped: it never stops a command.
+apart (a summary) or reads its header block (a headline, for one line); this is where the
+two meet, for `watch`, `list`, `show` and `verify` alike. What cannot be read (damaged
+bytes, a message the email package trips over) is logged here, once, and skipped: it never
+stops a command.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from maillab_common.forward import Damaged, Record
-from maillab_inspector.model import Budget, MessageSummary, header_text, parse_headers, summarize
+from maillab_inspector import model
+from maillab_inspector.model import Budget, Headline, MessageSummary, summarize
 from maillab_inspector.tail import ForwardTail
 
 log = logging.getLogger(__name__)
 
 Item = tuple[str, Record | Damaged]  # a forward file's name, and what the tail read from it
+Read = TypeVar("Read", bound=Headline)  # a summary or a headline
 
 
 def poll(tail: ForwardTail, only: str | None = None, name: str | None = None) -> Iterator[Item]:
@@ -29,8 +33,27 @@ def poll(tail: ForwardTail, only: str | None = None, name: str | None = None) ->
 
 def summary(domain: str, record: Record, budget: Budget | None = None) -> MessageSummary | None:
     """The record's summary, its problem logged; None (logged) where the email package gives up."""
+    return _logged(domain, record, lambda: summarize(domain, record, budget))
+
+
+def headline(domain: str, record: Record) -> Headline | None:
+    """The record's headline (its header block alone), its problem logged; None (logged) where reading it raises."""
+    return _logged(domain, record, lambda: model.headline(domain, record))
+
+
+def summaries(items: Iterable[Item]) -> Iterator[MessageSummary]:
+    """A summary of each record among `items`; damaged bytes are logged and skipped."""
+    return _each(items, summary)
+
+
+def headlines(items: Iterable[Item]) -> Iterator[Headline]:
+    """A headline of each record among `items`; damaged bytes are logged and skipped."""
+    return _each(items, headline)
+
+
+def _logged(domain: str, record: Record, read: Callable[[], Read]) -> Read | None:
     try:
-        found = summarize(domain, record, budget)
+        found = read()
     except Exception as exc:  # a message the email package cannot take apart must not stop the inspector
         log.warning("%s: the message at offset %d cannot be summarised: %s", domain, record.offset, exc)
         return None
@@ -39,13 +62,12 @@ def summary(domain: str, record: Record, budget: Budget | None = None) -> Messag
     return found
 
 
-def summaries(items: Iterable[Item]) -> Iterator[MessageSummary]:
-    """A summary of each record among `items`; damaged bytes are logged and skipped."""
+def _each(items: Iterable[Item], read: Callable[[str, Record], Read | None]) -> Iterator[Read]:
     for name, item in items:
         if isinstance(item, Damaged):
             log.warning("%s: %d damaged bytes at offset %d: %s", name, item.length, item.offset, item.reason)
             continue
-        found = summary(name, item)
+        found = read(name, item)
         if found is not None:
             yield found
 
@@ -54,8 +76,8 @@ def find(tail: ForwardTail, message_id: str) -> tuple[str, Record] | None:
     """The first stored record whose Message-ID is `message_id` (with or without <>), and its file."""
     wanted = message_id.strip().strip("<>")
     for name, item in tail.poll_all():
-        # Only the headers: cheap, and most messages are not the one.
-        if isinstance(item, Record) and header_text(parse_headers(item), "Message-ID").strip("<>") == wanted:
+        # Only the header block: cheap, and most messages are not the one.
+        if isinstance(item, Record) and model.headline(name, item).message_id.strip("<>") == wanted:
             return name, item
     return None
 

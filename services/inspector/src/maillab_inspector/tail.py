@@ -73,6 +73,10 @@ class ForwardTail:
                 os.close(fd)
             self._files[name] = _Progress(inode=status.st_ino, read_to=status.st_size, read_at=_stamp(status))
 
+    def inode(self, name: str) -> int:
+        """The inode of the file `name` as last read: what a record just read from it belongs to."""
+        return self._files[name].inode
+
     def positions(self) -> dict[str, tuple[int, int]]:
         """For each file: its inode and the offset up to which every record has been read."""
         return {name: (progress.inode, progress.pending_start) for name, progress in self._files.items()}

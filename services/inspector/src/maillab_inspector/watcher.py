@@ -1,12 +1,16 @@
 """`watch`'s loop: file events and sweeps drive the tail; each new message is handed on once.
 
-A file event says which forward file changed, and only that file is read; a sweep of the
-whole folder every `sweep_interval` catches whatever events missed. Where events do not
-arrive at all (some network and FUSE mounts), polling takes over. After each batch the
-positions are saved (state.py), so that a restart neither misses a message nor hands one on
-twice; each sweep touches the ready file that the health check reads.
-
-The watcher knows nothing of terminals: the caller says what to do with each summary.
+Two threads meet at a bounded window of records. The reader (a thread of its own) follows
+the folder: a file event says which forward file changed, and only that file is read; a
+sweep of the whole folder every `sweep_interval` catches whatever events missed; where
+events do not arrive at all (some network and FUSE mounts), polling takes over. Each record
+read goes into the window, which holds at most WINDOW_BYTES of them (and any one record
+however large): past that the reader waits, and the backlog stays in the files, not in
+memory. The caller's thread takes each record out and hands it to the output (terminal.py)
+with the time it waited; once the output has shown it, that file's position is saved
+(state.py), so that a restart, a kill -9 included, neither misses a message nor shows one
+twice, but for the one being shown at that instant. The reader touches the ready file that
+the health check reads at each sweep, and while it waits on a full window.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -25,11 +31,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from maillab_common.forward import Record
-from maillab_inspector.model import MessageSummary
-from maillab_inspector.state import load_positions, save_positions
-from maillab_inspector.stored import Item, poll, summaries
+from maillab_common.forward import Damaged, Record
+from maillab_inspector.state import PositionStore, load_positions, open_positions
+from maillab_inspector.stored import poll
 from maillab_inspector.tail import ForwardTail
+from maillab_inspector.terminal import Output
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +44,17 @@ log = logging.getLogger(__name__)
 # takes over.
 MISSED_EVENTS_BEFORE_POLLING = 3
 _WAKE = ""  # put in the queue of changed files by `stop`: no forward file has an empty name
+# The records read and not yet shown that are held in memory; the rest of a backlog waits in its file.
+WINDOW_BYTES = 4 * 1024 * 1024
+WINDOW_RECORDS = 10_000  # and at most this many, however small
+TICK = 0.2  # seconds: how often the output hears the time when no message comes
 
 
-def open_tail(root: Path, state_file: Path, from_start: bool) -> ForwardTail:
+def open_tail(root: Path, state_file: Path, from_start: bool) -> tuple[ForwardTail, PositionStore]:
     """A tail of `root` that goes on from the saved positions, or starts at the end of every
-    file (at the start with `from_start`); its positions are saved at once.
+    file (at the start with `from_start`), and the store its positions are saved in (saved at once).
 
-    Raises OSError when the forward folder cannot be read or the state file written.
+    Raises OSError (sqlite3.Error) when the forward folder cannot be read or the state file written.
     """
     tail = ForwardTail(root)
     saved = None if from_start else load_positions(state_file)
@@ -53,9 +63,57 @@ def open_tail(root: Path, state_file: Path, from_start: bool) -> ForwardTail:
         log.info("going on from the positions in %s", state_file)
     elif not from_start:
         tail.skip_existing()
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    save_positions(state_file, tail.positions())
-    return tail
+    return tail, open_positions(state_file, tail.positions())
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A record read from the forward file `name` (its inode then `inode`) at `read_at` (monotonic)."""
+
+    name: str
+    inode: int
+    item: Record | Damaged
+    read_at: float
+
+    @property
+    def end(self) -> int:
+        """The position just past it: where to go on from once it has been shown."""
+        return self.item.offset + self.item.length
+
+
+class Window:
+    """The records read and not yet handed on: at most `limit_bytes` of them (or one, however large)."""
+
+    def __init__(self, limit_bytes: int = WINDOW_BYTES, limit_records: int = WINDOW_RECORDS) -> None:
+        self.limit_bytes, self.limit_records = limit_bytes, limit_records
+        self._held: deque[Arrival] = deque()
+        self._bytes = 0
+        self._changed = threading.Condition()
+
+    def put(self, arrival: Arrival, timeout: float) -> bool:
+        """Add `arrival` once there is room; False if there was none within `timeout` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._has_room(arrival.item.length), timeout):
+                return False
+            self._held.append(arrival)
+            self._bytes += arrival.item.length
+            self._changed.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Arrival | None:
+        """The oldest record held, or None if none came within `timeout` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._held, timeout):
+                return None
+            arrival = self._held.popleft()
+            self._bytes -= arrival.item.length
+            self._changed.notify_all()
+            return arrival
+
+    def _has_room(self, length: int) -> bool:
+        if not self._held:
+            return True
+        return self._bytes + length <= self.limit_bytes and len(self._held) < self.limit_records
 
 
 class _ChangedFiles(FileSystemEventHandler):
@@ -80,21 +138,24 @@ class Watcher:
         *,
         only: str | None = None,
         sweep_interval: float = 1.0,
-        state_file: Path | None = None,
+        positions: PositionStore | None = None,
         ready_file: Path | None = None,
         observer: BaseObserver | None = None,
+        window: Window | None = None,
     ) -> None:
         self.tail, self.only, self.sweep_interval = tail, only, sweep_interval
-        self.state_file, self.ready_file = state_file, ready_file
+        self.positions, self.ready_file = positions, ready_file
         self.observer = observer if observer is not None else Observer()
+        self.window = window if window is not None else Window()
         self._changed: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._announced: set[str] = set()  # files an event named since the last sweep
         self._missed_sweeps = 0  # sweeps in a row that found data no event announced
+        self._failure: BaseException | None = None  # what ended the reader, if not `stop`
 
     def stop(self) -> None:
         """End `run` soon; safe from a signal handler and from another thread."""
-        self._stopping = True
+        self._stopping.set()
         self._changed.put(_WAKE)  # SimpleQueue.put is reentrant: a signal handler may call it
 
     def stop_on_signals(self, *signums: signal.Signals) -> None:
@@ -104,52 +165,91 @@ class Watcher:
         for signum in signums:
             signal.signal(signum, handler)
 
-    def run(self, show: Callable[[MessageSummary], object]) -> None:
-        """Hand each message to `show` once, as it lands, in the order of each file, until `stop`."""
+    def run(self, output: Output) -> None:
+        """Hand each message to `output` once, as it lands, in the order of each file, until `stop`."""
         handler = _ChangedFiles(self._changed)
         self.observer = self._start_observer(handler, self.observer)
         log.info("watching %s%s", self.tail.root, f" (only {self.only})" if self.only else "")
-        next_sweep = 0.0
+        reader = threading.Thread(target=self._read, args=(handler,), name="forward-reader", daemon=True)
+        reader.start()
+        unsaved: dict[str, tuple[int, int]] = {}
         try:
-            while not self._stopping:
-                now = time.monotonic()
-                if now >= next_sweep:
-                    items = self._sweep(handler)
-                    next_sweep = now + self.sweep_interval
-                else:
-                    try:
-                        name = self._changed.get(timeout=next_sweep - now)
-                    except queue.Empty:
-                        continue
-                    if name == _WAKE:
-                        continue
-                    self._announced.add(name)
-                    items = list(poll(self.tail, self.only, name))
-                for summary in summaries(items):
-                    show(summary)
-                    if time.monotonic() >= next_sweep:  # a long batch: still alive, says the health check
-                        self._ready()
-                if items and self.state_file is not None:
-                    save_positions(self.state_file, self.tail.positions())
+            while not self._stopping.is_set():
+                arrival = self.window.get(TICK)
+                if arrival is not None:
+                    self._hand_on(arrival, output)
+                    unsaved[arrival.name] = (arrival.inode, arrival.end)
+                output.tick(time.monotonic())
+                if unsaved and output.settled:
+                    if self.positions is not None:
+                        self.positions.advance(unsaved)
+                    unsaved.clear()
         finally:
+            self.stop()
+            reader.join()
             self.observer.stop()
             if self.ready_file is not None:
                 self.ready_file.unlink(missing_ok=True)
+        if self._failure is not None:
+            raise self._failure
 
-    def _sweep(self, handler: FileSystemEventHandler) -> list[Item]:
+    @staticmethod
+    def _hand_on(arrival: Arrival, output: Output) -> None:
+        if isinstance(arrival.item, Damaged):
+            item = arrival.item
+            log.warning("%s: %d damaged bytes at offset %d: %s", arrival.name, item.length, item.offset, item.reason)
+        else:
+            output.message(arrival.name, arrival.item, time.monotonic() - arrival.read_at)
+
+    def _read(self, handler: FileSystemEventHandler) -> None:
+        """The reader thread: every record of every change into the window, until `stop`."""
+        try:
+            next_sweep = 0.0
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if now >= next_sweep:
+                    self._sweep(handler)
+                    next_sweep = time.monotonic() + self.sweep_interval
+                    continue
+                try:
+                    name = self._changed.get(timeout=next_sweep - now)
+                except queue.Empty:
+                    continue
+                if name != _WAKE:
+                    self._announced.add(name)
+                    self._into_window(name)
+        except BaseException as exc:  # told to the caller's thread, which re-raises it
+            self._failure = exc
+            self.stop()
+
+    def _sweep(self, handler: FileSystemEventHandler) -> None:
         """Read every file; switch to polling once sweeps keep finding what no event announced."""
+        self._ready()
         while not self._changed.empty():
-            self._announced.add(self._changed.get_nowait())
-        items = list(poll(self.tail, self.only))
-        unannounced = {name for name, item in items if isinstance(item, Record)} - self._announced
+            name = self._changed.get_nowait()
+            if name != _WAKE:
+                self._announced.add(name)
+        found = self._into_window(None)
+        unannounced = found - self._announced
         self._missed_sweeps = self._missed_sweeps + 1 if unannounced else 0
         if self._missed_sweeps >= MISSED_EVENTS_BEFORE_POLLING and not isinstance(self.observer, PollingObserver):
             log.warning("file events from %s are not arriving; polling instead", type(self.observer).__name__)
             self.observer.stop()
             self.observer = self._start_observer(handler, PollingObserver())
         self._announced.clear()
-        self._ready()
-        return items
+
+    def _into_window(self, name: str | None) -> set[str]:
+        """Put what is new in `name` (every file when None) into the window; the files that had records."""
+        found: set[str] = set()
+        for file, item in poll(self.tail, self.only, name):
+            arrival = Arrival(file, self.tail.inode(file), item, time.monotonic())
+            while not self.window.put(arrival, TICK):  # full: the backlog waits in its file
+                self._ready()  # busy, not stuck
+                if self._stopping.is_set():
+                    return found
+            if isinstance(item, Record):
+                found.add(file)
+        return found
 
     def _ready(self) -> None:
         if self.ready_file is not None:

@@ -1,0 +1,77 @@
+"""The watch's saved positions: the database, the file it replaces, and a kill -9 in a backlog."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maillab_inspector.state import load_positions, open_positions
+from tests.helpers import Watch, record
+
+
+def test_positions_are_saved_per_file_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "positions.sqlite3"
+    store = open_positions(path, {"a.test": (1, 10), "b.test": (2, 20)})
+    store.advance({"a.test": (1, 99)})
+    assert load_positions(path) == {"a.test": (1, 99), "b.test": (2, 20)}, "read while the store is open"
+    store.replace_all({"c.test": (3, 0)})
+    store.close()
+    assert load_positions(path) == {"c.test": (3, 0)}
+
+
+def test_a_state_file_of_the_json_format_is_read_once_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "positions"
+    path.write_text(json.dumps({"files": {"a.test": {"inode": 7, "offset": 120}}}))
+    saved = load_positions(path)
+    assert saved == {"a.test": (7, 120)}
+    open_positions(path, saved).close()
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
+    assert load_positions(path) == {"a.test": (7, 120)}
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00garbage", b"{not json", b'{"files": 3}'])
+def test_a_state_file_that_cannot_be_read_is_ignored_with_a_warning_and_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    path = tmp_path / "positions"
+    path.write_bytes(content)
+    assert load_positions(path) in (None, {})  # an empty file is an empty database to SQLite
+    open_positions(path, {"a.test": (1, 2)}).close()
+    assert load_positions(path) == {"a.test": (1, 2)}
+    if content:
+        assert "cannot be read" in caplog.text or "not a positions database" in caplog.text
+
+
+@pytest.fixture
+def forward(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "forward").mkdir()
+    yield tmp_path / "forward"
+    for watch in Watch.started:
+        watch.stop(signal.SIGKILL)
+    Watch.started.clear()
+
+
+def test_a_kill_in_the_middle_of_a_backlog_repeats_at_most_the_message_being_printed(forward: Path) -> None:
+    backlog = 4_000
+    with open(forward / "a.test", "wb") as file:
+        file.write(b"".join(record(number) for number in range(1, backlog + 1)))
+    state = forward.parent / "state" / "positions.sqlite3"
+    watch = Watch(forward, state, "--from-start")
+    printed = Counter(watch.subjects(backlog // 3))
+    assert watch.stop(signal.SIGKILL) == -signal.SIGKILL
+    while not watch.lines.empty():  # printed before the kill, not yet read
+        printed[json.loads(watch.lines.get())["subject"]] += 1
+    assert sum(printed.values()) < backlog, "killed in the middle of the backlog"
+    watch = Watch(forward, state)
+    with open(forward / "a.test", "ab") as file:
+        file.write(record(backlog + 1))  # the marker: whatever is printed again comes before it
+    printed.update(watch.printed_until(f"n{backlog + 1}"))
+    assert watch.stop() == 0
+    assert set(printed) == {f"n{number}" for number in range(1, backlog + 2)}, "none missed"
+    repeated = {subject: count for subject, count in printed.items() if count > 1}
+    assert len(repeated) <= 1 and set(repeated.values()) <= {2}, f"printed more than once: {repeated}"
