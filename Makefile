@@ -61,6 +61,7 @@ bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markd
 	$(VENV)/bin/python -m bench.memory
 	$(VENV)/bin/python -m bench.agent
 	$(VENV)/bin/python -m bench.inspector
+	$(VENV)/bin/python -m bench.lab
 
 fuzz: $(VENV)/.installed ## The hostile-session battery at full size (MAILLAB_FUZZ_EXAMPLES, 100000)
 	MAILLAB_FUZZ_EXAMPLES=$${MAILLAB_FUZZ_EXAMPLES:-100000} $(VENV)/bin/pytest tests/unit/test_fuzz_smtp.py -p no:logging -q

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import pytest
 from docker.models.containers import Container
+from docker.types import LogConfig
 from docker.types.daemon import CancellableStream
 from testcontainers.compose import DockerCompose
 from testcontainers.core.config import testcontainers_config
@@ -38,6 +39,9 @@ from tests.unit.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("server", "inspector", "agent")
+# The inspector's output whole, for drills that count every line: an engine's default may
+# rotate a container's log away (this one keeps 3 files of 10 MB; 100k JSON lines are ~70 MB).
+WHOLE_LOG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "1g", "max-file": "1"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -115,6 +119,7 @@ class Lab:
         if self.inspector is not None:
             self.inspector.stop()
         inspector = self._with_volumes(DockerContainer(self.images["inspector"]), "ro")
+        inspector.with_kwargs(log_config=WHOLE_LOG)
         for name, value in {"MAILLAB_OUTPUT": "json", **env}.items():
             inspector.with_env(name, value)
         self.inspector = inspector.waiting_for(HealthcheckWaitStrategy())
@@ -138,11 +143,19 @@ class Lab:
         return self._run(inspector, timeout)
 
     def read_manifest(self, path: str) -> str:
-        reader = self._with_volumes(DockerContainer(self.images["agent"]), "ro").with_kwargs(entrypoint=["cat"])
-        reader.with_command([path]).start()
-        code, output = self._run(reader, 60)
-        assert code == 0, output
-        return output
+        """The file at `path` on the manifests volume, copied out (a large one would not fit the log)."""
+        reader = self._with_volumes(DockerContainer(self.images["agent"]), "ro").with_kwargs(entrypoint=["true"])
+        reader.start()
+        try:
+            container = reader.get_wrapped_container()
+            container.wait(timeout=60)
+            stream, _ = container.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                copied = archive.extractfile(archive.getmembers()[0])
+                assert copied is not None, path
+                return copied.read().decode()
+        finally:
+            reader.stop()
 
     def corrupt(self, domain: str, message_id: str) -> None:
         """Flip one base64 character of the first attachment after `message_id`, as a bad disk would."""
@@ -177,6 +190,22 @@ class Lab:
             self.inspector.get_wrapped_container(), lambda lines: until(printed(lines)), timeout, what, stderr=False
         )
         return printed(lines)
+
+    def wait_for_messages(self, count: int, what: str, timeout: float) -> Tally:
+        """Follow the inspector's output until `count` different messages were printed; returns the tally.
+
+        For batches of many thousands: each line is read once (wait_for_printed reads all at every line).
+        """
+        assert self.inspector is not None
+        tally = Tally(count)
+        follow_logs(self.inspector.get_wrapped_container(), tally, timeout, what, stderr=False)
+        return tally
+
+    def inspector_stamped(self) -> list[str]:
+        """The inspector's stdout across restarts, each line after the engine's RFC 3339 timestamp."""
+        assert self.inspector is not None
+        output: bytes = self.inspector.get_wrapped_container().logs(stdout=True, stderr=False, timestamps=True)
+        return output.decode(errors="replace").splitlines()
 
     def _with_volumes(self, container: DockerContainer, forward_mode: str) -> DockerContainer:
         return (
@@ -225,6 +254,24 @@ def read_forward(server: DockerContainer) -> dict[str, bytes]:
 def printed(lines: list[str]) -> list[dict[str, Any]]:
     """The inspector's JSON lines (`watch --json`), one object per message."""
     return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+class Tally:
+    """An `until` for follow_logs: the Message-IDs of the JSON lines seen so far, each line read once."""
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self.ids: set[str] = set()
+        self.lines = 0  # JSON lines, copies included
+        self._read = 0
+
+    def __call__(self, lines: list[str]) -> bool:
+        for line in lines[self._read :]:
+            if line.startswith("{"):
+                self.ids.add(json.loads(line)["message_id"])
+                self.lines += 1
+        self._read = len(lines)
+        return len(self.ids) >= self.wanted
 
 
 def follow_logs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from email import message_from_bytes
 from email.policy import default
 from pathlib import Path
@@ -86,7 +87,9 @@ def test_bad_sizes(text: str) -> None:
 def test_the_manifest_matches_what_the_server_stored(start_server: StartServer, tmp_path: Path) -> None:
     server = start_server()
     messages = batch_messages(seed=3, count=12, attachments=2, recipients_per_message=2)
+    before = time.time()
     report = send_batch(messages, host=server.hostname, port=server.port, concurrency=3, timeout=10)
+    after = time.time()
     assert report.accepted == 12 and report.retried == 0
     write_manifest(tmp_path / "manifest.json", seed=3, server="test", messages=messages, report=report)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -94,8 +97,9 @@ def test_the_manifest_matches_what_the_server_stored(start_server: StartServer, 
     assert (manifest["version"], manifest["seed"], manifest["server"], manifest["count"]) == (1, 3, "test", 12)
     assert set(manifest["messages"][0]) == {
         *("message_id", "mail_from", "rcpt_tos", "subject", "size", "attachments"),
-        *("accepted", "refused", "reply", "attempts"),
+        *("accepted", "refused", "reply", "attempts", "accepted_at"),
     }
+    assert all(before <= entry["accepted_at"] <= after for entry in manifest["messages"]), "each 250's wall time"
     assert set(manifest["messages"][0]["attachments"][0]) == {"filename", "content_type", "size", "sha256"}
     typed = read_manifest(tmp_path / "manifest.json")
     assert [sent.message_id for sent in typed.messages] == [message.message_id for message in messages]
@@ -339,6 +343,7 @@ def test_a_4xx_that_never_passes_is_given_up_after_retry_for(start_server: Start
     report = send_batch(messages, host=server.hostname, port=server.port, concurrency=2, timeout=10, retry_for=1.0)
     assert report.rejected == 3
     assert all(outcome.attempts > 1 and outcome.reply == "data: 451 4.3.0 Busy" for outcome in report.outcomes)
+    assert all(outcome.accepted_at == 0.0 for outcome in report.outcomes), "never accepted: no 250 time"
 
 
 def test_connections_over_the_servers_limit_are_retried_not_fatal(start_server: StartServer) -> None:

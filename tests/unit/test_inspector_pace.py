@@ -89,6 +89,12 @@ def test_the_cost_of_each_level_follows_what_it_measures() -> None:
     assert paced.costs[Level.LINES] == COSTS[Level.LINES]
 
 
+def test_one_stall_does_not_make_a_level_look_too_dear_to_come_back_to() -> None:
+    paced = pacer()
+    paced.shown(Level.LINES, 2.0)  # a terminal paused for 2 s
+    assert paced.costs[Level.LINES] < 1.5 * COSTS[Level.LINES]
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -179,3 +185,15 @@ def read_until(watch: Watch, text: str) -> list[str]:
         printed.append(line)
         if text in line:
             return printed
+
+
+def test_a_count_not_yet_printed_is_printed_when_the_watch_stops(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = Clock()
+    paced = pacer()
+    output = TerminalOutput(Console(file=io.StringIO(), width=100), paced, clock)
+    paced.level = Level.RATE
+    for item in records(2):
+        output.message("a.test", item, waited=0.0)
+    assert not output.settled
+    output.finish()
+    assert output.settled and capsys.readouterr().out == "2 messages in the last second: a.test 2\n"

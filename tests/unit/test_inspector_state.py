@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,36 @@ def test_a_kill_in_the_middle_of_a_backlog_repeats_at_most_the_message_being_pri
     assert set(printed) == {f"n{number}" for number in range(1, backlog + 2)}, "none missed"
     repeated = {subject: count for subject, count in printed.items() if count > 1}
     assert len(repeated) <= 1 and set(repeated.values()) <= {2}, f"printed more than once: {repeated}"
+
+
+@pytest.mark.parametrize("earlier", ["offsets.json", "inspector.json"])
+def test_an_upgrade_goes_on_from_the_earlier_inspectors_json_state_under_its_default_name(
+    tmp_path: Path, earlier: str
+) -> None:
+    """compose kept /state/offsets.json and a host …/maillab/inspector.json; the database sits beside them."""
+    (tmp_path / earlier).write_text(json.dumps({"files": {"a.test": {"inode": 7, "offset": 120}}}))
+    path = tmp_path / "positions.sqlite3"
+    saved = load_positions(path)
+    assert saved == {"a.test": (7, 120)}
+    open_positions(path, saved).close()
+    (tmp_path / earlier).write_text(json.dumps({"files": {"a.test": {"inode": 7, "offset": 0}}}))
+    assert load_positions(path) == {"a.test": (7, 120)}, "once the database exists, it alone counts"
+
+
+def test_a_damaged_database_is_replaced_and_any_other_error_is_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "positions.sqlite3"
+    open_positions(path, {f"d{number}.test": (number, number) for number in range(2_000)}).close()
+    with open(path, "r+b") as file:  # every page after the first made garbage
+        file.seek(4096)
+        file.write(b"\xa5" * (path.stat().st_size - 4096))
+    assert load_positions(path) is None
+    open_positions(path, {"a.test": (1, 2)}).close()
+    assert load_positions(path) == {"a.test": (1, 2)}
+    assert "not a positions database" in caplog.text
+    not_a_file = tmp_path / "a-folder"  # cannot be opened: an error to report, not a file to replace
+    not_a_file.mkdir()
+    with pytest.raises(sqlite3.OperationalError):
+        open_positions(not_a_file, {})
+    assert not_a_file.is_dir()

@@ -12,21 +12,30 @@ import errno
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from watchdog.observers.api import BaseObserver, EventEmitter
 from watchdog.observers.polling import PollingObserver
 
-from maillab_common.forward import Record
+from maillab_common.forward import Damaged, Record
 from maillab_inspector import stored
 from maillab_inspector.model import MessageSummary
 from maillab_inspector.state import PositionStore, load_positions
 from maillab_inspector.tail import ForwardTail
-from maillab_inspector.watcher import MISSED_EVENTS_BEFORE_POLLING, Watcher, open_tail
+from maillab_inspector.watcher import (
+    MISSED_EVENTS_BEFORE_POLLING,
+    RECORD_OVERHEAD,
+    Arrival,
+    Watcher,
+    Window,
+    open_tail,
+)
 from maillab_server.store import ForwardStore
-from tests.helpers import TIMEOUT, record
+from tests.helpers import BASE, TIMEOUT, record, wait_until
 from tests.store_helpers import deliver
 
 NO_SWEEPS = 2 * TIMEOUT  # seconds: only the first sweep, at the start, runs within a test
@@ -67,6 +76,9 @@ class Summaries:
         self.show(summary)
 
     def tick(self, now: float) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
 
@@ -233,3 +245,90 @@ def test_a_signal_stops_the_watcher_at_once(
         failsafe.cancel()
         signal.signal(signal.SIGUSR1, previous)
     assert not timed_out.is_set(), "the watcher went on waiting after the signal"
+
+
+class CountingTail(ForwardTail):
+    """A tail that counts its reads of a file."""
+
+    reads = 0
+
+    def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
+        self.reads += 1
+        return super().poll(name)
+
+
+def test_the_watchers_own_reads_do_not_wake_it(store: ForwardStore) -> None:
+    """A read opens and closes the file: inotify reports both, and a watcher that took them for
+    changes read again, which reported them again: a loop, 3.5 s of CPU in 8 s of an idle lab."""
+    tail = CountingTail(store.root)
+    watcher = Watcher(tail, sweep_interval=NO_SWEEPS)
+    reads: list[int] = []
+
+    def count_reads() -> None:
+        reads.append(tail.reads)
+        watcher.stop()
+
+    def shown(summary: MessageSummary) -> None:
+        reads.append(tail.reads)
+        threading.Timer(0.5, count_reads).start()  # a loop reads hundreds of times in that while
+
+    failsafe = threading.Timer(TIMEOUT, watcher.stop)
+    failsafe.start()
+    deliver(store, {"a.test": record(1)})
+    try:
+        watcher.run(Summaries(shown))
+    finally:
+        failsafe.cancel()
+    assert len(reads) == 2 and reads[1] - reads[0] <= 2, f"reads when shown, then 0.5 s later: {reads}"
+
+
+def test_the_window_holds_records_up_to_its_limit_and_then_makes_the_reader_wait() -> None:
+    first, second, third = (Record(offset, 1000, replace(BASE, message=b"x")) for offset in (0, 1000, 2000))
+    window = Window(limit_bytes=2 * (1000 + RECORD_OVERHEAD), limit_records=10)
+    assert window.put(Arrival("a.test", 1, first, 0.0), timeout=0)
+    assert window.put(Arrival("a.test", 1, second, 0.0), timeout=0)
+    assert not window.put(Arrival("a.test", 1, third, 0.0), timeout=0.05), "full"
+    taken = window.get(timeout=0)
+    assert taken is not None and taken.item is first
+    assert window.put(Arrival("a.test", 1, third, 0.0), timeout=0), "room again"
+    huge = Window(limit_bytes=10, limit_records=10)
+    assert huge.put(Arrival("a.test", 1, first, 0.0), timeout=0), "one record however large"
+
+
+class FailingTail(ForwardTail):
+    def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
+        raise PermissionError(13, "Permission denied", name)
+
+
+def test_what_stops_the_reader_thread_is_raised_in_the_callers(store: ForwardStore) -> None:
+    deliver(store, {"a.test": record(1)})
+    watcher = Watcher(FailingTail(store.root), sweep_interval=NO_SWEEPS)
+    failsafe = threading.Timer(TIMEOUT, watcher.stop)
+    failsafe.start()
+    try:
+        with pytest.raises(PermissionError):
+            watcher.run(Summaries(lambda summary: None))
+    finally:
+        failsafe.cancel()
+
+
+def test_a_stuck_printer_stops_the_ready_file_being_touched(store: ForwardStore, tmp_path: Path) -> None:
+    """Stdout blocked: the reader alone must not keep the health check green."""
+    ready, release = tmp_path / "ready", threading.Event()
+    watcher = Watcher(ForwardTail(store.root), sweep_interval=0.05, ready_file=ready, stuck_after=0.3)
+    ages: list[float] = []
+
+    def stuck(summary: MessageSummary) -> None:
+        wait_until(lambda: time.time() - ready.stat().st_mtime > 1.0, "the ready file growing old")
+        ages.append(time.time() - ready.stat().st_mtime)
+        release.set()
+        watcher.stop()
+
+    deliver(store, {"a.test": record(1)})
+    failsafe = threading.Timer(TIMEOUT, watcher.stop)
+    failsafe.start()
+    try:
+        watcher.run(Summaries(stuck))
+    finally:
+        failsafe.cancel()
+    assert release.is_set() and ages[0] > 1.0

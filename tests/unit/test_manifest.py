@@ -18,6 +18,7 @@ SENT = manifest.SentMessage(
     attachments=(manifest.SentAttachment("a.csv", "text/csv", 10, "0" * 64),),
     refused=("c@one.test",),
     attempts=2,
+    accepted_at=1_796_000_000.123456,
 )
 
 
@@ -28,6 +29,21 @@ def test_a_written_manifest_reads_back_equal(tmp_path: Path) -> None:
     document = json.loads((tmp_path / "m.json").read_text())
     assert (document["version"], document["count"]) == (1, 1)
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"], "no temporary file is left behind"
+
+
+def test_the_acceptance_time_reads_back_exactly_and_defaults_to_unknown() -> None:
+    written = manifest.Manifest(seed=7, server="server:2525", messages=(SENT,))
+    document = json.loads(manifest.dumps(written))
+    assert document["messages"][0]["accepted_at"] == 1_796_000_000.123456
+    assert manifest.loads(manifest.dumps(written)).messages[0].accepted_at == 1_796_000_000.123456
+    assert manifest.loads(json.dumps({"messages": [entry()]})).messages[0].accepted_at == 0.0, "an older agent's"
+    assert manifest.loads(json.dumps({"messages": [entry(accepted_at=12)]})).messages[0].accepted_at == 12.0
+
+
+@pytest.mark.parametrize("value", [None, "1796000000.5", True, [1.0], {"t": 1}, -1.5, 1e999, float("nan")])
+def test_an_acceptance_time_of_the_wrong_kind_is_read_as_unknown(value: object) -> None:
+    read = manifest.loads(json.dumps({"messages": [entry(accepted_at=value)]}))
+    assert read.messages[0].accepted_at == 0.0 and read.messages[0].message_id == "<1@x.test>"
 
 
 def test_domains_are_the_accepted_recipients_forward_files_in_order() -> None:

@@ -39,6 +39,7 @@ class Outcome:
     reply: str
     refused: tuple[str, ...]
     latency: float  # seconds, from the first attempt to the final reply
+    accepted_at: float = 0.0  # Unix time (time.time()) the final 250 arrived; 0.0 when not accepted
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ async def send_batch_async(
 
     def finish(job: _Job, accepted: bool, reply: str, refused: tuple[str, ...]) -> None:
         wires.pop(job.index, None)
-        outcome = Outcome(job.index, accepted, job.attempt, reply, refused, time.monotonic() - job.started)
+        accepted_at = time.time() if accepted else 0.0
+        outcome = Outcome(job.index, accepted, job.attempt, reply, refused, time.monotonic() - job.started, accepted_at)
         outcomes.append(outcome)
         on_outcome(outcome)
 
@@ -248,4 +250,5 @@ def sent_message(message: Outgoing, outcome: Outcome) -> manifest.SentMessage:
         refused=outcome.refused,
         reply=outcome.reply,
         attempts=outcome.attempts,
+        accepted_at=outcome.accepted_at,
     )

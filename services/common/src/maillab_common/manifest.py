@@ -9,6 +9,7 @@ agent wrote none before the schema had a number); any other version is refused b
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class SentMessage:
     refused: tuple[str, ...] = ()  # recipients the server refused
     reply: str = ""  # the server's last reply to this message
     attempts: int = 1
+    accepted_at: float = 0.0  # Unix time (s) the final 250 arrived; 0.0 when unknown or not accepted
 
     def domains(self) -> tuple[str, ...]:
         """The forward files this message is expected in: its accepted recipients' domains, in order."""
@@ -73,7 +75,7 @@ def loads(text: str) -> Manifest:
 
     Only what `verify` relies on must be right: each message's id, subject, recipients and
     attachments, and the domains of those accepted. The rest (seed, sizes, attempts) is
-    information, and a value of the wrong kind there is read as unknown (0 or "").
+    information, and a value of the wrong kind there is read as unknown (0, 0.0 or "").
     """
     try:
         document = json.loads(text)
@@ -114,12 +116,21 @@ def _message(entry: dict[str, Any]) -> SentMessage:
         refused=tuple(_text(rcpt) for rcpt in entry.get("refused", ())),
         reply=_info(entry.get("reply")),
         attempts=_count(entry.get("attempts"), 1),
+        accepted_at=_instant(entry.get("accepted_at")),
     )
 
 
 def _count(value: object, unknown: int = 0) -> int:
     """A count given as information: a JSON integer, or `unknown` for anything else."""
     return value if type(value) is int and value >= 0 else unknown
+
+
+def _instant(value: object) -> float:
+    """A Unix time given as information: a finite JSON number not below 0, or 0.0 (unknown) for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    instant = float(value)
+    return instant if math.isfinite(instant) and instant >= 0.0 else 0.0
 
 
 def _info(value: object) -> str:

@@ -25,6 +25,7 @@ class Level(IntEnum):
 # bench/inspector.py measures in the container, rounded up. The rate level costs a count.
 FIRST_COSTS = {Level.PANELS: 0.003, Level.LINES: 0.0003, Level.RATE: 0.000_002}
 SMOOTHING = 0.05  # weight of each new cost measurement in the running estimate
+OUTLIER = 10  # a measurement counts for at most this many times the estimate
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Pacer:
 
     def shown(self, level: Level, seconds: float) -> None:
         """Showing one message at `level` took `seconds`."""
+        # One stall (a paused terminal) must not make a level look too dear to come back to.
+        seconds = min(seconds, OUTLIER * self.costs[level])
         self.costs[level] += SMOOTHING * (seconds - self.costs[level])
 
     def tick(self, now: float) -> bool:

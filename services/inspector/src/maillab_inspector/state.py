@@ -4,7 +4,8 @@ An SQLite database (WAL) outside /forward (the inspector only reads that volume)
 a forward file. `watch` saves a file's position after each message it prints, in one
 small transaction, so that a restart (a kill -9 included) prints again at most the one
 message that was being printed at that instant, and misses none. A state file of the
-earlier JSON format is read once and replaced.
+earlier JSON format (at the configured path, or under its old default name beside it) is
+read once, and the database takes its place.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ log = logging.getLogger(__name__)
 
 Positions = dict[str, tuple[int, int]]  # file name -> (inode, offset)
 
+# Where inspectors before the database kept their JSON state, beside where it is now
+# (compose's and a host's default names).
+EARLIER_NAMES = ("offsets.json", "inspector.json")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS positions (file TEXT PRIMARY KEY, inode INTEGER NOT NULL, offset INTEGER NOT NULL)"
 )
@@ -68,9 +72,18 @@ class PositionStore:
 
 
 def load_positions(path: Path) -> Positions | None:
-    """The saved positions, or None when there are none (first start, or unreadable)."""
+    """The saved positions, or None when there are none (first start, or unreadable).
+
+    Where there is no database yet, a state file of the JSON format that an earlier
+    inspector kept beside it under its default name is read instead: an upgrade goes on
+    from where the earlier watch stopped.
+    """
     if not path.exists():
-        return None
+        earlier = next((path.with_name(name) for name in EARLIER_NAMES if path.with_name(name).is_file()), None)
+        if earlier is None:
+            return None
+        log.info("reading the positions of an earlier inspector from %s", earlier)
+        return _legacy_positions(earlier)
     legacy = _legacy_positions(path)
     if legacy is not None:
         return legacy
@@ -87,15 +100,26 @@ def load_positions(path: Path) -> Positions | None:
 
 
 def open_positions(path: Path, positions: Positions) -> PositionStore:
-    """A store holding `positions` whole, at `path`; a file there that is not one is replaced."""
+    """A store holding `positions` whole, at `path`. A file there that is not a database, or a
+    damaged one, is replaced; any other error (permissions, a full disk, a lock) is raised."""
     try:
-        store = PositionStore(path)
+        return _store_holding(path, positions)
     except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+            raise
         log.warning("replacing the state file %s, which is not a positions database: %s", path, exc)
-        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            stale.unlink(missing_ok=True)
-        store = PositionStore(path)
-    store.replace_all(positions)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    return _store_holding(path, positions)
+
+
+def _store_holding(path: Path, positions: Positions) -> PositionStore:
+    store = PositionStore(path)
+    try:
+        store.replace_all(positions)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 

@@ -32,6 +32,9 @@ class Output(Protocol):
     def tick(self, now: float) -> None:
         """Called a few times a second, messages or not."""
 
+    def finish(self) -> None:
+        """Show what is held back (a count of the second under way): the watch is stopping."""
+
     @property
     def settled(self) -> bool:
         """Whether every message handed on so far has been shown."""
@@ -48,6 +51,9 @@ class JsonOutput:
             print(render.as_json(summary), flush=True)
 
     def tick(self, now: float) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
 
@@ -91,11 +97,17 @@ class TerminalOutput:
         before = self.pacer.level
         if not self.pacer.tick(now):
             return
+        self._print_count(now)
+        if self.pacer.level != before:
+            self._notice(render.more_details_notice(SHOWN_AS[self.pacer.level], self.pacer.rate))
+
+    def finish(self) -> None:
+        self._print_count(self.clock())
+
+    def _print_count(self, now: float) -> None:
         if self._counted:
             print(render.rate_line(dict(self._counted), now - self._counting_since), flush=True)
             self._counted.clear()
-        if self.pacer.level != before:
-            self._notice(render.more_details_notice(SHOWN_AS[self.pacer.level], self.pacer.rate))
 
     def _notice(self, text: str) -> None:
         self.console.print(Text(text, style="yellow"), soft_wrap=True)  # one line, to be found in a log
