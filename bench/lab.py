@@ -2,7 +2,8 @@
 
 compose.yaml runs in a project of its own (`maillab-bench-<random>`, a free SMTP port,
 the classroom listener off), which is removed with its volumes afterwards; once with the
-inspector printing JSON lines (MAILLAB_INSPECTOR_OUTPUT=json), once with its text output.
+inspector printing JSON lines (MAILLAB_INSPECTOR_OUTPUT=json), once more so with the
+inspector's CPU weight equal to the others', and once with its text output.
 Each time the agent's container sends the batch of the issue: `--count` messages with
 one 1 KiB attachment over 8 connections to four domains, its manifest keeping the time
 of each `250`.
@@ -14,7 +15,7 @@ of each `250`.
 - both: the server's rate (messages over the span of their `250`s) and the peak RSS
   (VmHWM) of the watch and its children.
 
-    python -m bench.lab [--count 100000] [--only json,text]
+    python -m bench.lab [--count 100000] [--only json,json-equal-cpu,text]
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ DOMAINS = "one.test,two.test,three.test,four.test"
 # per message again --" (render.py's notices; a long one wraps, so only its start is
 # matched), or a line saying "switch". Adjust to the watch's wording.
 MODE_SWITCH = re.compile(r"^-- watch: |\bswitch", re.IGNORECASE)
+# Each run: the inspector's output, and settings for compose. json-equal-cpu gives the
+# inspector the same CPU weight as the other containers (compose gives it four times
+# theirs): the side-by-side measure of what that weight is for.
+RUNS: dict[str, tuple[str, dict[str, str]]] = {
+    "json": ("json", {}),
+    "json-equal-cpu": ("json", {"MAILLAB_INSPECTOR_CPU_SHARES": "1024"}),
+    "text": ("text", {}),
+}
 QUIET = 5.0  # seconds without a new line of output after the batch: the watch has caught up
 # compose.yaml as it is, but with the inspector's log kept whole: an engine's default may
 # rotate it away (3 files of 10 MB here), and the lag is read from every line of it.
@@ -59,7 +68,7 @@ services:
 
 @dataclass(frozen=True)
 class Run:
-    output: str  # json or text
+    output: str  # the run's name in RUNS
     count: int
     rate: float  # msgs/s over the span of the 250s
     printed: str  # json: printed of count (missing, duplicated); text: output lines
@@ -80,7 +89,7 @@ def compose(env: dict[str, str], *arguments: str, timeout: float = 600) -> str:
 
 
 @contextmanager
-def project(base_image: str, output: str) -> Iterator[dict[str, str]]:
+def project(base_image: str, output: str, extra: dict[str, str]) -> Iterator[dict[str, str]]:
     """A lab of its own, up and healthy, with the inspector's output as given; removed afterwards."""
     name = f"maillab-bench-{uuid.uuid4().hex[:8]}"
     override = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "whole-log.yaml"
@@ -96,6 +105,7 @@ def project(base_image: str, output: str) -> Iterator[dict[str, str]]:
         # The agent builds a batch whole and refuses one estimated past half its limit:
         # 100,000 messages with a 1 KiB attachment come to about 561 MiB (1g allows 512).
         "MAILLAB_AGENT_MEMORY": os.environ.get("MAILLAB_AGENT_MEMORY", "2g"),
+        **extra,
     }
     try:
         compose(env, "up", "--detach", "--wait", "server", "inspector")
@@ -149,8 +159,9 @@ def log_lines(container: str, stream: str) -> Iterator[str]:
         yield from (line.rstrip("\n") for line in lines)
 
 
-def run(base_image: str, output: str, count: int, catch_up_timeout: float) -> Run:
-    with project(base_image, output) as env:
+def run(base_image: str, name: str, count: int, catch_up_timeout: float) -> Run:
+    output, extra = RUNS[name]
+    with project(base_image, output, extra) as env:
         batch = ["--count", str(count), "--attachments", "1", "--attachment-size", "1KiB"]
         batch += ["--concurrency", "8", "--domains", DOMAINS, "--seed", "16"]
         compose(env, "run", "--rm", "-T", "agent", "batch", *batch, timeout=3600)
@@ -176,7 +187,7 @@ def run(base_image: str, output: str, count: int, catch_up_timeout: float) -> Ru
                 switches += bool(MODE_SWITCH.search(line))
             printed, spread = f"{lines} lines", "(no Message-ID in text)"
         return Run(
-            output=output,
+            output=name,
             count=count,
             rate=count / (last_250 - first_250) if last_250 > first_250 else math.nan,
             printed=printed,
@@ -190,7 +201,7 @@ def run(base_image: str, output: str, count: int, catch_up_timeout: float) -> Ru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100_000, help="messages per run (the issue's: 100000)")
-    parser.add_argument("--only", default="json,text", help="which runs: json, text or both")
+    parser.add_argument("--only", default=",".join(RUNS), help=f"which runs, of {', '.join(RUNS)}")
     parser.add_argument("--catch-up-timeout", type=float, default=900.0, help="seconds to wait for the watch")
     options = parser.parse_args()
     base_image = subprocess.run(

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -42,6 +43,10 @@ SERVICES = ("server", "inspector", "agent")
 # The inspector's output whole, for drills that count every line: an engine's default may
 # rotate a container's log away (this one keeps 3 files of 10 MB; 100k JSON lines are ~70 MB).
 WHOLE_LOG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "1g", "max-file": "1"})
+# The inspector's CPU weight, as compose.yaml gives it: the pace drill runs it as `make up` does.
+INSPECTOR_CPU_SHARES = int(
+    re.search(r"cpu_shares: \$\{MAILLAB_INSPECTOR_CPU_SHARES:-(\d+)\}", (ROOT / "compose.yaml").read_text())[1]  # type: ignore[index]
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -119,7 +124,7 @@ class Lab:
         if self.inspector is not None:
             self.inspector.stop()
         inspector = self._with_volumes(DockerContainer(self.images["inspector"]), "ro")
-        inspector.with_kwargs(log_config=WHOLE_LOG)
+        inspector.with_kwargs(log_config=WHOLE_LOG, cpu_shares=INSPECTOR_CPU_SHARES)
         for name, value in {"MAILLAB_OUTPUT": "json", **env}.items():
             inspector.with_env(name, value)
         self.inspector = inspector.waiting_for(HealthcheckWaitStrategy())
