@@ -55,7 +55,7 @@ integration: $(VENV)/.installed check-compose ## Integration tests against real 
 
 test: lint unit integration ## Lint, unit and integration tests
 
-bench: $(VENV)/.installed ## Benchmarks on loopback and real files; prints markdown tables (docs/benchmarks.md)
+bench: $(VENV)/.installed check-compose ## Benchmarks on loopback, real files and the lab in containers; prints markdown tables (docs/benchmarks.md)
 	$(VENV)/bin/python -m bench.server
 	$(VENV)/bin/python -m bench.isolation
 	$(VENV)/bin/python -m bench.memory
