@@ -26,7 +26,9 @@ DOMAINS = "one.test,two.test,three.test,four.test"
 # The issue's run. MAILLAB_PACE_COUNT runs it smaller, to try the harness; the drill is 100,000.
 PACE_COUNT = int(os.environ.get("MAILLAB_PACE_COUNT", "100000"))
 LAG_P99 = 1.0  # seconds from the 250 to the printed line, for 99% of the messages
-PEAK_RSS = 150 * 2**20  # bytes: the watch and its children, at their peak
+# Bytes: the watch and its children, at their peak. The issue allows 150 MiB; the watch
+# measures 35 to 46 MiB, and the leak of header classes that this catches reached 109.
+PEAK_RSS = 80 * 2**20
 BACKLOG = 20_000  # messages stored while the watch is down, for the kill drill
 KILL_AFTER = 3_000  # backlog messages printed before the kill -9
 # Seconds for the batch and the watch to finish. The agent builds about 800 messages a

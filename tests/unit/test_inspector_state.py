@@ -88,8 +88,9 @@ def test_an_upgrade_goes_on_from_the_earlier_inspectors_json_state_under_its_def
     saved = load_positions(path)
     assert saved == {"a.test": (7, 120)}
     open_positions(path, saved).close()
-    (tmp_path / earlier).write_text(json.dumps({"files": {"a.test": {"inode": 7, "offset": 0}}}))
-    assert load_positions(path) == {"a.test": (7, 120)}, "once the database exists, it alone counts"
+    assert not (tmp_path / earlier).exists() and (tmp_path / f"{earlier}.migrated").is_file(), "read once"
+    path.unlink()
+    assert load_positions(path) is None, "a database deleted later does not bring the earlier positions back"
 
 
 def test_a_damaged_database_is_replaced_and_any_other_error_is_raised(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from watchdog.events import FileModifiedEvent, FileOpenedEvent
 from watchdog.observers.api import BaseObserver, EventEmitter
 from watchdog.observers.polling import PollingObserver
 
@@ -32,6 +34,7 @@ from maillab_inspector.watcher import (
     Arrival,
     Watcher,
     Window,
+    _ChangedFiles,
     open_tail,
 )
 from maillab_server.store import ForwardStore
@@ -332,3 +335,18 @@ def test_a_stuck_printer_stops_the_ready_file_being_touched(store: ForwardStore,
     finally:
         failsafe.cancel()
     assert release.is_set() and ages[0] > 1.0
+
+
+def test_a_file_is_queued_once_until_it_is_read_however_many_events_name_it() -> None:
+    """While the reader waits (a full window, stdout blocked), events must not pile up."""
+    changed: queue.SimpleQueue[str] = queue.SimpleQueue()
+    handler = _ChangedFiles(changed)
+    for _ in range(1_000):
+        handler.on_any_event(FileModifiedEvent("/forward/a.test"))
+    handler.on_any_event(FileModifiedEvent("/forward/b.test"))
+    handler.on_any_event(FileOpenedEvent("/forward/c.test"))  # an open is no change
+    assert [changed.get_nowait() for _ in range(changed.qsize())] == ["a.test", "b.test"]
+    handler.taken({"a.test"})
+    handler.on_any_event(FileModifiedEvent("/forward/a.test"))
+    handler.on_any_event(FileModifiedEvent("/forward/b.test"))  # still queued, not yet read
+    assert [changed.get_nowait() for _ in range(changed.qsize())] == ["a.test"]

@@ -40,7 +40,7 @@ def test_the_acceptance_time_reads_back_exactly_and_defaults_to_unknown() -> Non
     assert manifest.loads(json.dumps({"messages": [entry(accepted_at=12)]})).messages[0].accepted_at == 12.0
 
 
-@pytest.mark.parametrize("value", [None, "1796000000.5", True, [1.0], {"t": 1}, -1.5, 1e999, float("nan")])
+@pytest.mark.parametrize("value", [None, "1796000000.5", True, [1.0], {"t": 1}, -1.5, 1e999, float("nan"), 10**400])
 def test_an_acceptance_time_of_the_wrong_kind_is_read_as_unknown(value: object) -> None:
     read = manifest.loads(json.dumps({"messages": [entry(accepted_at=value)]}))
     assert read.messages[0].accepted_at == 0.0 and read.messages[0].message_id == "<1@x.test>"

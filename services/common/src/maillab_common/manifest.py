@@ -129,7 +129,10 @@ def _instant(value: object) -> float:
     """A Unix time given as information: a finite JSON number not below 0, or 0.0 (unknown) for anything else."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0.0
-    instant = float(value)
+    try:
+        instant = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return 0.0
     return instant if math.isfinite(instant) and instant >= 0.0 else 0.0
 
 

@@ -105,7 +105,8 @@ def open_positions(path: Path, positions: Positions) -> PositionStore:
     try:
         return _store_holding(path, positions)
     except sqlite3.DatabaseError as exc:
-        if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        code = getattr(exc, "sqlite_errorcode", None)  # None: raised by the module, not by SQLite
+        if code is None or code & 0xFF not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
             raise
         log.warning("replacing the state file %s, which is not a positions database: %s", path, exc)
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -120,6 +121,10 @@ def _store_holding(path: Path, positions: Positions) -> PositionStore:
     except BaseException:
         store.close()
         raise
+    for name in EARLIER_NAMES:  # read once: a database deleted later must not bring them back
+        earlier = path.with_name(name)
+        if earlier != path and earlier.is_file():
+            earlier.replace(earlier.with_name(name + ".migrated"))
     return store
 
 

@@ -4,9 +4,9 @@ Two threads meet at a bounded window of records. The reader (a thread of its own
 the folder: a file event says which forward file changed, and only that file is read; a
 sweep of the whole folder every `sweep_interval` catches whatever events missed; where
 events do not arrive at all (some network and FUSE mounts), polling takes over. Each record
-read goes into the window, which holds at most WINDOW_BYTES of them (and any one record
-however large): past that the reader waits, and the backlog stays in the files, not in
-memory. The caller's thread takes each record out and hands it to the output (terminal.py)
+read goes into the window, which holds at most WINDOW_BYTES of them (or half of that and
+one record however large): past that the reader waits, and the backlog stays in the
+files, not in memory. The caller's thread takes each record out and hands it to the output (terminal.py)
 with the time it waited; once the output has shown it, that file's position is saved
 (state.py), so that a restart, a kill -9 included, neither misses a message nor shows one
 twice, but for the one being shown at that instant. The reader touches the ready file that
@@ -97,7 +97,8 @@ class Arrival:
 
 
 class Window:
-    """The records read and not yet handed on: at most `limit_bytes` of them (or one, however large).
+    """The records read and not yet handed on: at most `limit_bytes` of them (or half of that and
+    one record, however large).
 
     A reader that finds the window full waits until it is half empty, then fills it again
     in one go: waking it for every record taken out would hand the interpreter's lock
@@ -153,16 +154,29 @@ CHANGES: list[type[FileSystemEvent]] = [FileModifiedEvent, FileCreatedEvent, Fil
 
 
 class _ChangedFiles(FileSystemEventHandler):
-    """Queues the name of each forward file that an event says has changed."""
+    """Queues the name of each forward file that an event says has changed, once until it is read:
+    while the reader waits (a full window, a blocked stdout), the queue grows with the files, not the events."""
 
     def __init__(self, changed: queue.SimpleQueue[str]) -> None:
         self._changed = changed
+        self._queued: set[str] = set()
+        self._lock = threading.Lock()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if not event.is_directory and isinstance(event, tuple(CHANGES)):
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
-                    self._changed.put(os.path.basename(os.fsdecode(path)))
+                    name = os.path.basename(os.fsdecode(path))
+                    with self._lock:
+                        if name in self._queued:
+                            continue
+                        self._queued.add(name)
+                    self._changed.put(name)
+
+    def taken(self, names: set[str]) -> None:
+        """`names` are about to be read: an event from now on queues them again."""
+        with self._lock:
+            self._queued -= names
 
 
 class Watcher:
@@ -244,7 +258,7 @@ class Watcher:
         else:
             output.message(arrival.name, arrival.item, time.monotonic() - arrival.read_at)
 
-    def _read(self, handler: FileSystemEventHandler) -> None:
+    def _read(self, handler: _ChangedFiles) -> None:
         """The reader thread: every record of every change into the window, until `stop`."""
         try:
             next_sweep = 0.0
@@ -260,17 +274,22 @@ class Watcher:
                     continue
                 named |= self._queued()  # an append can raise several events: one read serves them all
                 named.discard(_WAKE)
+                handler.taken(named)
                 self._announced |= named
                 for name in sorted(named):
+                    if self._stopping.is_set():
+                        break
                     self._into_window(name)
         except BaseException as exc:  # told to the caller's thread, which re-raises it
             self._failure = exc
             self.stop()
 
-    def _sweep(self, handler: FileSystemEventHandler) -> None:
+    def _sweep(self, handler: _ChangedFiles) -> None:
         """Read every file; switch to polling once sweeps keep finding what no event announced."""
         self._ready()
-        self._announced |= self._queued() - {_WAKE}
+        named = self._queued() - {_WAKE}
+        handler.taken(named)
+        self._announced |= named
         found = self._into_window(None)
         unannounced = found - self._announced
         self._missed_sweeps = self._missed_sweeps + 1 if unannounced else 0
@@ -307,7 +326,7 @@ class Watcher:
         if self.ready_file is not None and time.monotonic() - self._printing_since < self.stuck_after:
             self.ready_file.touch()
 
-    def _start_observer(self, handler: FileSystemEventHandler, observer: BaseObserver) -> BaseObserver:
+    def _start_observer(self, handler: _ChangedFiles, observer: BaseObserver) -> BaseObserver:
         root = str(self.tail.root)
         try:
             observer.schedule(handler, root, recursive=False, event_filter=CHANGES)
