@@ -273,7 +273,10 @@ class Tally:
     def __call__(self, lines: list[str]) -> bool:
         for line in lines[self._read :]:
             if line.startswith("{"):
-                self.ids.add(json.loads(line)["message_id"])
+                try:
+                    self.ids.add(json.loads(line)["message_id"])
+                except ValueError:  # not a whole line: a watch killed in the middle of one
+                    continue
                 self.lines += 1
         self._read = len(lines)
         return len(self.ids) >= self.wanted

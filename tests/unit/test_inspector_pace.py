@@ -14,7 +14,7 @@ from rich.console import Console
 
 from maillab_common.forward import Record, parse_records
 from maillab_inspector.pace import Level, Pacer
-from maillab_inspector.terminal import TerminalOutput
+from maillab_inspector.terminal import JsonOutput, TerminalOutput
 from tests.helpers import TIMEOUT, Watch, record
 
 COSTS = {Level.PANELS: 0.002, Level.LINES: 0.0001, Level.RATE: 0.000_001}
@@ -197,3 +197,22 @@ def test_a_count_not_yet_printed_is_printed_when_the_watch_stops(capsys: pytest.
     assert not output.settled
     output.finish()
     assert output.settled and capsys.readouterr().out == "2 messages in the last second: a.test 2\n"
+
+
+def test_a_line_is_written_whole_in_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unbuffered (PYTHONUNBUFFERED, as in the images), print() writes a line and its end apart:
+    a kill -9 between the two left a line without its end, glued to the next run's first."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr("sys.stdout", Recording())
+    output = TerminalOutput(Console(file=io.StringIO(), width=100), pacer(), Clock())
+    output.pacer.level = Level.LINES
+    (item,) = records(1)
+    output.message("a.test", item, waited=0.0)
+    JsonOutput().message("a.test", item, waited=0.0)
+    assert len(writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes

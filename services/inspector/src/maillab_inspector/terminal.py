@@ -10,6 +10,7 @@ panel parses the whole message, a line its headers (model.headline), a rate line
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +41,14 @@ class Output(Protocol):
         """Whether every message handed on so far has been shown."""
 
 
+def emit(line: str) -> None:
+    """Print `line` with its line end in one write, flushed: a kill -9 (or a reader of the pipe)
+    never sees half a line, as with print(), whose text and end are two writes unbuffered
+    (PYTHONUNBUFFERED, as in the images)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class JsonOutput:
     """One JSON line per message, each in full and flushed: never less, whatever the rate."""
 
@@ -48,7 +57,7 @@ class JsonOutput:
     def message(self, name: str, record: Record, waited: float) -> None:
         summary = stored.summary(name, record)
         if summary is not None:
-            print(render.as_json(summary), flush=True)
+            emit(render.as_json(summary))
 
     def tick(self, now: float) -> None:
         pass
@@ -90,7 +99,7 @@ class TerminalOutput:
         else:
             headline = stored.headline(name, record)
             if headline is not None:
-                print(render.as_line(headline), flush=True)  # already made safe; rich would parse it as markup
+                emit(render.as_line(headline))  # already made safe; rich would parse it as markup
         self.pacer.shown(level, time.perf_counter() - started)
 
     def tick(self, now: float) -> None:
@@ -106,7 +115,7 @@ class TerminalOutput:
 
     def _print_count(self, now: float) -> None:
         if self._counted:
-            print(render.rate_line(dict(self._counted), now - self._counting_since), flush=True)
+            emit(render.rate_line(dict(self._counted), now - self._counting_since))
             self._counted.clear()
 
     def _notice(self, text: str) -> None:
