@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import smtplib
 import socket
 from collections import Counter
@@ -19,6 +20,7 @@ from maillab_server.config import ServerConfig
 from maillab_server.handler import ForwardHandler
 from maillab_server.protocol import Sessions, protocol_factory
 from maillab_server.store import ForwardStore
+from tests.helpers import Watch
 
 
 def free_port() -> int:
@@ -126,3 +128,13 @@ def counting_fsyncs(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
     return synced
+
+
+@pytest.fixture
+def watched_forward(tmp_path: Path) -> Iterator[Path]:
+    """An empty forward folder; every `watch` a test started on it (tests.helpers.Watch) is killed at the end."""
+    (tmp_path / "forward").mkdir()
+    yield tmp_path / "forward"
+    for watch in Watch.started:
+        watch.stop(signal.SIGKILL)
+    Watch.started.clear()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,20 +143,11 @@ def test_each_switch_is_announced_both_ways(capsys: pytest.CaptureFixture[str]) 
     assert re.search(r"╭─+ 2026-11-28T09:05:07Z a\.test", screen.getvalue()), "shown as a panel"
 
 
-@pytest.fixture
-def forward(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / "forward").mkdir()
-    yield tmp_path / "forward"
-    for watch in Watch.started:
-        watch.stop(signal.SIGKILL)
-    Watch.started.clear()
-
-
-def test_a_real_watch_switches_to_lines_under_a_burst_and_back_to_panels_after_it(forward: Path) -> None:
+def test_a_real_watch_switches_to_lines_under_a_burst_and_back_to_panels_after_it(watched_forward: Path) -> None:
     """3,000 messages land at once, far more than panels show in `behind_after`; then one more, later."""
-    watch = Watch(forward, forward.parent / "state" / "positions.sqlite3", json_lines=False)
+    watch = Watch(watched_forward, watched_forward.parent / "state" / "positions.sqlite3", json_lines=False)
     burst = 3_000
-    with open(forward / "burst.test", "ab") as file:
+    with open(watched_forward / "burst.test", "ab") as file:
         file.write(b"".join(record(number) for number in range(1, burst + 1)))
     printed = read_until(watch, "a panel per message again")
     assert any("falling behind" in line and "one line per message" in line for line in printed)
@@ -171,7 +160,7 @@ def test_a_real_watch_switches_to_lines_under_a_burst_and_back_to_panels_after_i
         if (match := re.match(r"([\d,]+) messages? in the last", line))
     )
     assert len(panels) + len(lines) + counted == burst, "every message shown or counted once"
-    with open(forward / "burst.test", "ab") as file:
+    with open(watched_forward / "burst.test", "ab") as file:
         file.write(record(burst + 1))
     after = read_until(watch, "offset")
     assert any(line.startswith("╭") and "burst.test" in line for line in after), "a panel again"

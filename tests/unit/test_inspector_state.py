@@ -6,7 +6,6 @@ import json
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,28 +47,19 @@ def test_a_state_file_that_cannot_be_read_is_ignored_with_a_warning_and_replaced
         assert "cannot be read" in caplog.text or "not a positions database" in caplog.text
 
 
-@pytest.fixture
-def forward(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / "forward").mkdir()
-    yield tmp_path / "forward"
-    for watch in Watch.started:
-        watch.stop(signal.SIGKILL)
-    Watch.started.clear()
-
-
-def test_a_kill_in_the_middle_of_a_backlog_repeats_at_most_the_message_being_printed(forward: Path) -> None:
+def test_a_kill_in_the_middle_of_a_backlog_repeats_at_most_the_message_being_printed(watched_forward: Path) -> None:
     backlog = 4_000
-    with open(forward / "a.test", "wb") as file:
+    with open(watched_forward / "a.test", "wb") as file:
         file.write(b"".join(record(number) for number in range(1, backlog + 1)))
-    state = forward.parent / "state" / "positions.sqlite3"
-    watch = Watch(forward, state, "--from-start")
+    state = watched_forward.parent / "state" / "positions.sqlite3"
+    watch = Watch(watched_forward, state, "--from-start")
     printed = Counter(watch.subjects(backlog // 3))
     assert watch.stop(signal.SIGKILL) == -signal.SIGKILL
     while not watch.lines.empty():  # printed before the kill, not yet read
         printed[json.loads(watch.lines.get())["subject"]] += 1
     assert sum(printed.values()) < backlog, "killed in the middle of the backlog"
-    watch = Watch(forward, state)
-    with open(forward / "a.test", "ab") as file:
+    watch = Watch(watched_forward, state)
+    with open(watched_forward / "a.test", "ab") as file:
         file.write(record(backlog + 1))  # the marker: whatever is printed again comes before it
     printed.update(watch.printed_until(f"n{backlog + 1}"))
     assert watch.stop() == 0
