@@ -56,13 +56,18 @@ def watch_until(
         if len(handed) >= count:
             watcher.stop()
 
+    run_stopped_in_time(watcher, Summaries(show))
+    return handed
+
+
+def run_stopped_in_time(watcher: Watcher, output: Summaries) -> None:
+    """`watcher.run(output)`, stopped after TIMEOUT if the test has not stopped it (and fails on what it got)."""
     failsafe = threading.Timer(TIMEOUT, watcher.stop)
     failsafe.start()
     try:
-        watcher.run(Summaries(show))
+        watcher.run(output)
     finally:
         failsafe.cancel()
-    return handed
 
 
 class Summaries:
@@ -275,13 +280,8 @@ def test_the_watchers_own_reads_do_not_wake_it(store: ForwardStore) -> None:
         reads.append(tail.reads)
         threading.Timer(0.5, count_reads).start()  # a loop reads hundreds of times in that while
 
-    failsafe = threading.Timer(TIMEOUT, watcher.stop)
-    failsafe.start()
     deliver(store, {"a.test": record(1)})
-    try:
-        watcher.run(Summaries(shown))
-    finally:
-        failsafe.cancel()
+    run_stopped_in_time(watcher, Summaries(shown))
     assert len(reads) == 2 and reads[1] - reads[0] <= 2, f"reads when shown, then 0.5 s later: {reads}"
 
 
@@ -306,13 +306,8 @@ class FailingTail(ForwardTail):
 def test_what_stops_the_reader_thread_is_raised_in_the_callers(store: ForwardStore) -> None:
     deliver(store, {"a.test": record(1)})
     watcher = Watcher(FailingTail(store.root), sweep_interval=NO_SWEEPS)
-    failsafe = threading.Timer(TIMEOUT, watcher.stop)
-    failsafe.start()
-    try:
-        with pytest.raises(PermissionError):
-            watcher.run(Summaries(lambda summary: None))
-    finally:
-        failsafe.cancel()
+    with pytest.raises(PermissionError):
+        run_stopped_in_time(watcher, Summaries(lambda summary: None))
 
 
 def test_a_stuck_printer_stops_the_ready_file_being_touched(store: ForwardStore, tmp_path: Path) -> None:
@@ -328,12 +323,7 @@ def test_a_stuck_printer_stops_the_ready_file_being_touched(store: ForwardStore,
         watcher.stop()
 
     deliver(store, {"a.test": record(1)})
-    failsafe = threading.Timer(TIMEOUT, watcher.stop)
-    failsafe.start()
-    try:
-        watcher.run(Summaries(stuck))
-    finally:
-        failsafe.cancel()
+    run_stopped_in_time(watcher, Summaries(stuck))
     assert release.is_set() and ages[0] > 1.0
 
 
