@@ -23,6 +23,7 @@ build: check-compose ## Build the server, inspector and agent images
 up: build ## Start the server and inspector and wait until they are healthy
 	$(DOCKER_COMPOSE) up --detach --wait server inspector
 	@echo "maillab is up: SMTP on 127.0.0.1:$${MAILLAB_SMTP_PORT:-2525}, the classroom dialect on 127.0.0.1:$${MAILLAB_CLASSROOM_PORT:-2526}; messages: $(DOCKER_COMPOSE) logs -f inspector"
+	@echo "the web view and API: http://127.0.0.1:$${MAILLAB_HTTP_PORT:-8025}/"
 
 down: check-compose ## Stop the lab (the forward volume is kept; `make clean` removes it)
 	$(DOCKER_COMPOSE) --profile tools down --remove-orphans

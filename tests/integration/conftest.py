@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("server", "inspector", "agent")
 # The inspector's output whole, for drills that count every line: an engine's default may
 # rotate a container's log away (this one keeps 3 files of 10 MB; 100k JSON lines are ~70 MB).
+HTTP_PORT = 8025  # the inspector's web view and API, in its container
 WHOLE_LOG = LogConfig(type=LogConfig.types.JSON, config={"max-size": "1g", "max-file": "1"})
 # The inspector's CPU weight, as compose.yaml gives it: the pace drill runs it as `make up` does.
 INSPECTOR_CPU_SHARES = int(
@@ -111,6 +112,15 @@ class Lab:
     server: DockerContainer
     inspector: DockerContainer | None
     images: dict[str, str]
+    # `serve` (the lab's: it also catalogues and serves HTTP), or `watch` alone (the pace drills)
+    inspector_command: tuple[str, ...] = ("serve",)
+
+    @property
+    def api_url(self) -> str:
+        """The inspector's HTTP API as the host reaches it (`serve`), e.g. http://127.0.0.1:32768/api/v1."""
+        assert self.inspector is not None
+        host = self.inspector.get_container_host_ip()
+        return f"http://{host}:{self.inspector.get_exposed_port(HTTP_PORT)}/api/v1"
 
     def start_inspector(self, **env: str) -> DockerContainer:
         """Start the inspector (printing JSON lines), or restart it: SIGTERM, then start again.
@@ -125,6 +135,7 @@ class Lab:
             self.inspector.stop()
         inspector = self._with_volumes(DockerContainer(self.images["inspector"]), "ro")
         inspector.with_kwargs(log_config=WHOLE_LOG, cpu_shares=INSPECTOR_CPU_SHARES)
+        inspector.with_command(list(self.inspector_command)).with_exposed_ports(HTTP_PORT)
         for name, value in {"MAILLAB_OUTPUT": "json", **env}.items():
             inspector.with_env(name, value)
         self.inspector = inspector.waiting_for(HealthcheckWaitStrategy())
@@ -379,7 +390,17 @@ def retry_until(attempt: Callable[[], bool], timeout: float, what: str, pause: f
 
 @pytest.fixture
 def lab(images: dict[str, str]) -> Iterator[Lab]:
-    """Server and inspector containers on their own network, sharing fresh volumes."""
+    """Server and inspector (`serve`) containers on their own network, sharing fresh volumes."""
+    yield from started_lab(images, ("serve",))
+
+
+@pytest.fixture
+def watch_lab(images: dict[str, str]) -> Iterator[Lab]:
+    """As `lab`, with the inspector running `watch` alone: what the pace drills measure."""
+    yield from started_lab(images, ("watch",))
+
+
+def started_lab(images: dict[str, str], inspector_command: tuple[str, ...]) -> Iterator[Lab]:
     client = docker.from_env()
     volume = client.volumes.create(name=f"maillab-test-{uuid.uuid4().hex[:10]}")
     manifests = client.volumes.create(name=f"{volume.name}-manifests")
@@ -394,7 +415,7 @@ def lab(images: dict[str, str]) -> Iterator[Lab]:
             .waiting_for(HealthcheckWaitStrategy())
         )
         server.start()
-        lab = Lab(network, volume.name, manifests.name, server, inspector=None, images=images)
+        lab = Lab(network, volume.name, manifests.name, server, None, images, inspector_command)
         lab.start_inspector()
         yield lab
     finally:
@@ -423,6 +444,7 @@ def compose(
     # Its own project name and port, so that a lab started with `make up` is left alone.
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"maillab-test-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("MAILLAB_SMTP_PORT", str(free_port()))
+    monkeypatch.setenv("MAILLAB_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("MAILLAB_PYTHON_IMAGE", base_image)
     for name, value in compose_settings.items():
         monkeypatch.setenv(name, value)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 
 import docker
 import pytest
@@ -35,3 +37,11 @@ def test_compose_lab_receives_a_batch_from_the_agent(compose: DockerCompose) -> 
         )
     finally:
         client.close()
+
+    web = compose.get_container("inspector").get_publisher(by_port=8025)
+    assert web.URL in ("127.0.0.1", "localhost"), "the web view must be published on loopback only"
+    assert web.PublishedPort == int(os.environ["MAILLAB_HTTP_PORT"])
+    wait = "/api/v1/wait?query=message-id:batch-9-5@maillab-agent.test&timeout=30"
+    with urllib.request.urlopen(f"http://127.0.0.1:{web.PublishedPort}{wait}", timeout=40) as response:
+        found = json.load(response)["messages"]
+    assert {message["message_id"] for message in found} == {"batch-9-5@maillab-agent.test"}, found

@@ -1,9 +1,10 @@
 """Issue 16, the inspector keeps pace: a 100k batch watched in JSON, and a kill -9 of the watch mid-backlog.
 
-Both drills run the real server and inspector containers (the `lab` fixture) and the
-agent's container. The watch's lag is measured by tests/watch_lag.py, as bench.lab does:
-from each message's `250` (the manifest's `accepted_at`) to the engine's timestamp of the
-line the inspector printed for it.
+Both drills run the real server and inspector containers and the agent's container (the
+`watch_lab` fixture: the inspector runs `watch` alone, which is what they measure). The
+watch's lag is measured by tests/watch_lag.py, as bench.lab does: from each message's
+`250` (the manifest's `accepted_at`) to the engine's timestamp of the line the inspector
+printed for it.
 """
 
 from __future__ import annotations
@@ -45,24 +46,24 @@ def batch(count: int, seed: int) -> list[str]:
     ]
 
 
-def test_watch_json_keeps_pace_with_a_100k_batch_in_bounded_memory(lab: Lab) -> None:
+def test_watch_json_keeps_pace_with_a_100k_batch_in_bounded_memory(watch_lab: Lab) -> None:
     started = time.monotonic()
-    code, output = lab.run_agent(*batch(PACE_COUNT, seed=16), timeout=BUDGET)
+    code, output = watch_lab.run_agent(*batch(PACE_COUNT, seed=16), timeout=BUDGET)
     assert code == 0, output[-3000:]
-    sent = manifest.loads(lab.read_manifest(MANIFEST)).messages
+    sent = manifest.loads(watch_lab.read_manifest(MANIFEST)).messages
     accepted = {message.message_id: message.accepted_at for message in sent}
     assert len(accepted) == PACE_COUNT and all(at > 0 for at in accepted.values()), "every 250 has its time"
     first_250, last_250 = min(accepted.values()), max(accepted.values())
     # A watch that keeps pace is done within a second or so of the last 250; this waits
     # longer only so that a slow one's figures are printed, not to let it pass.
     behind = max(60.0, BUDGET - (time.monotonic() - started))
-    tally = lab.wait_for_messages(PACE_COUNT, f"the watch to print all {PACE_COUNT} messages", behind)
-    assert lab.inspector is not None
-    probe = lab.inspector.exec(["python3", "-c", PEAK_RSS_PROBE])
+    tally = watch_lab.wait_for_messages(PACE_COUNT, f"the watch to print all {PACE_COUNT} messages", behind)
+    assert watch_lab.inspector is not None
+    probe = watch_lab.inspector.exec(["python3", "-c", PEAK_RSS_PROBE])
     assert probe.exit_code == 0, probe.output
     rss = peak_rss(probe.output.decode())
-    lag = measure(accepted, lab.inspector_stamped())
-    code, report = lab.run_inspector("verify", "--json", "--manifest", MANIFEST, "--timeout", "60", timeout=300)
+    lag = measure(accepted, watch_lab.inspector_stamped())
+    code, report = watch_lab.run_inspector("verify", "--json", "--manifest", MANIFEST, "--timeout", "60", timeout=300)
     verified = [json.loads(line) for line in report.splitlines() if line.startswith("{")]
     print(
         f"{PACE_COUNT} messages: the server took them at {PACE_COUNT / (last_250 - first_250):.0f} msgs/s; "
@@ -77,33 +78,33 @@ def test_watch_json_keeps_pace_with_a_100k_batch_in_bounded_memory(lab: Lab) -> 
     assert verified[-1]["ok"] and verified[-1]["delivered"] == PACE_COUNT, verified[-1]
 
 
-def test_kill_9_of_the_watch_mid_backlog_repeats_at_most_the_message_being_printed(lab: Lab) -> None:
+def test_kill_9_of_the_watch_mid_backlog_repeats_at_most_the_message_being_printed(watch_lab: Lab) -> None:
     """Positions are saved with each printed message, so a kill -9 repeats at most the one in hand.
 
     A watch that saved its positions less often (say once a second, or every 100 messages)
     repeats, after the kill, everything it printed since its last save: hundreds of
     messages at the rates of a backlog, and this test fails.
     """
-    code, output = lab.run_agent(*batch(20, seed=1))  # the four files exist, and the watch has read them
+    code, output = watch_lab.run_agent(*batch(20, seed=1))  # the four files exist, and the watch has read them
     assert code == 0, output[-3000:]
-    lab.wait_for_messages(20, "the first 20 messages", 60)
-    assert lab.inspector is not None
-    watch = lab.inspector.get_wrapped_container()
+    watch_lab.wait_for_messages(20, "the first 20 messages", 60)
+    assert watch_lab.inspector is not None
+    watch = watch_lab.inspector.get_wrapped_container()
     watch.stop(timeout=10)
-    code, output = lab.run_agent(*batch(BACKLOG, seed=2), timeout=300)  # the backlog, with the watch down
+    code, output = watch_lab.run_agent(*batch(BACKLOG, seed=2), timeout=300)  # the backlog, with the watch down
     assert code == 0, output[-3000:]
     total = 20 + BACKLOG
 
     watch.start()  # through the backlog, and kill -9 once some thousands are out
-    lab.wait_for_messages(20 + KILL_AFTER, f"{KILL_AFTER} of the backlog to be printed", 120)
+    watch_lab.wait_for_messages(20 + KILL_AFTER, f"{KILL_AFTER} of the backlog to be printed", 120)
     watch.kill(signal="SIGKILL")
     watch.wait(timeout=30)
-    at_the_kill = copies_printed(lab.inspector_stamped())
+    at_the_kill = copies_printed(watch_lab.inspector_stamped())
     assert len(at_the_kill) < total, "the watch printed the whole backlog before the kill: make BACKLOG larger"
 
-    lab.start_inspector()  # the same container again: its saved positions, its output so far
-    lab.wait_for_messages(total, f"all {total} messages after the kill", 180)
-    copies = copies_printed(lab.inspector_stamped())
+    watch_lab.start_inspector()  # the same container again: its saved positions, its output so far
+    watch_lab.wait_for_messages(total, f"all {total} messages after the kill", 180)
+    copies = copies_printed(watch_lab.inspector_stamped())
     twice = Counter({message_id: count for message_id, count in copies.items() if count > 1})
     print(
         f"killed after {len(at_the_kill)} of {total} were printed; after the restart {len(copies)} distinct, "

@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sqlite3
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import uvicorn
+from fastapi import FastAPI
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.text import Text
 
 from maillab_common import manifest
@@ -27,12 +41,21 @@ from maillab_common.settings import ConfigError
 from maillab_common.text import visible
 from maillab_inspector import render, stored
 from maillab_inspector.attachments import CannotSave, save
+from maillab_inspector.cataloguing import (
+    CatalogueInUse,
+    Feeding,
+    catch_up,
+    open_catalogue,
+    remove_catalogue,
+    serving_lock,
+)
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.model import read_contents, thorough_budget
 from maillab_inspector.tail import ForwardTail
 from maillab_inspector.terminal import JsonOutput, TerminalOutput
 from maillab_inspector.verify import check, collect, expected_deliveries
 from maillab_inspector.watcher import Watcher, open_tail
+from maillab_inspector.web.app import create_app, stop_streams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="See what the maillab lab received.")
 ForwardDir = Annotated[Path | None, typer.Option(help=env_help("The forward folder", "MAILLAB_FORWARD_DIR"))]
@@ -58,6 +81,60 @@ def setup(forward_dir: Path | None) -> tuple[InspectorConfig, Path]:
     if not root.is_dir():
         fail(f"the forward folder {root} does not exist")
     return config, root
+
+
+class HttpServer:
+    """uvicorn serving `app` in a thread of its own, on a socket bound before it starts (so that a
+    port in use is an error at once); `ready_file` holds the address while it serves, for the health check."""
+
+    STOP_WITHIN = 2.0  # seconds open requests (an event stream, a wait) get to end at a stop
+
+    def __init__(self, app: FastAPI, address: tuple[str, int], ready_file: Path) -> None:
+        self.app, self.address, self.ready_file = app, address, ready_file
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, timeout_graceful_shutdown=int(self.STOP_WITHIN), lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        host, port = self.address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, reuse_port=False)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise OSError(f"the HTTP server stopped while starting on {host}:{port}")
+            time.sleep(0.02)
+        self.ready_file.write_text(f"{host} {port}\n")
+
+    def stop(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        stop_streams(self.app)  # uvicorn waits for open responses: event streams and waits end now
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(self.STOP_WITHIN + 3)
+
+
+def http_health(ready_file: Path) -> str:
+    """What is wrong with `serve`'s HTTP side ('' when it answers, or when there is none: `watch`)."""
+    try:
+        host, port = ready_file.read_text().split()
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError):
+        return f"{ready_file} does not name the HTTP address"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/api/v1/health"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            if response.status == 200:
+                return ""
+            return f"{url} answered {response.status}"
+    except (OSError, urllib.error.URLError) as exc:
+        return f"{url} does not answer: {exc}"
 
 
 def domain_file(domain: str | None) -> str | None:
@@ -97,6 +174,96 @@ def watch(
         watcher.run(JsonOutput() if json_lines or config.output == "json" else TerminalOutput(out))
     finally:
         positions.close()
+
+
+@app.command()
+def serve(
+    json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON object per message")] = False,
+    state: Annotated[Path | None, typer.Option(help="Where to keep the printed positions across restarts")] = None,
+    catalogue_file: Annotated[
+        Path | None, typer.Option("--catalogue", help=env_help("The catalogue database", "MAILLAB_CATALOGUE"))
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help=env_help("The address to serve HTTP on", "MAILLAB_HTTP_HOST"))
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help=env_help("The HTTP port", "MAILLAB_HTTP_PORT"), min=1, max=65535)
+    ] = None,
+    forward_dir: ForwardDir = None,
+) -> None:
+    """Watch, catalogue, print and serve: `watch`'s output, plus the web view and the JSON API.
+
+    What the lab's inspector runs. A catalogue that is missing, or of another version, is
+    rebuilt from the forward files first (the web view fills meanwhile).
+    """
+    config, root = setup(forward_dir)
+    catalogue_path = catalogue_file or config.catalogue_file
+    state_file = state or config.state_file
+    address = (host or config.http_host, port or config.http_port)
+    try:
+        lock = serving_lock(catalogue_path)
+        catalogue, _ = open_catalogue(catalogue_path)
+        tail, positions = open_tail(root, state_file, from_start=False)
+    except CatalogueInUse as exc:
+        fail(str(exc), 1)
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"cannot start (forward folder {root}, state {state_file}, catalogue {catalogue_path}): {exc}")
+    http = HttpServer(create_app(catalogue, root, config.manifest), address, config.http_ready_file)
+    feeding = Feeding(catalogue, root, config.sweep_interval)
+    printer = Watcher(tail, sweep_interval=config.sweep_interval, positions=positions, ready_file=config.ready_file)
+    printer.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+    try:
+        try:
+            http.start()
+        except OSError as exc:
+            fail(f"cannot serve HTTP on {address[0]}:{address[1]}: {exc.strerror or exc}")
+        logging.getLogger("maillab_inspector").info("the web view and API: http://%s:%d/", *address)
+        feeding.start(on_failure=printer.stop)
+        printer.run(JsonOutput() if json_lines or config.output == "json" else TerminalOutput(out))
+    finally:
+        feeding.stop()
+        http.stop()
+        positions.close()
+        catalogue.close()
+        lock.close()
+    if feeding.failure is not None:
+        fail(f"cataloguing stopped: {feeding.failure}")
+
+
+@app.command()
+def reindex(
+    catalogue_file: Annotated[
+        Path | None, typer.Option("--catalogue", help=env_help("The catalogue database", "MAILLAB_CATALOGUE"))
+    ] = None,
+    forward_dir: ForwardDir = None,
+) -> None:
+    """Rebuild the catalogue from the forward files, which stay untouched (with `serve` stopped)."""
+    config, root = setup(forward_dir)
+    path = catalogue_file or config.catalogue_file
+    try:
+        lock = serving_lock(path)
+    except CatalogueInUse as exc:
+        fail(str(exc), 1)
+    except OSError as exc:
+        fail(f"cannot open the catalogue {path}: {exc.strerror or exc}")
+    try:
+        remove_catalogue(path)
+        catalogue, _ = open_catalogue(path)
+    except (OSError, sqlite3.Error) as exc:
+        lock.close()
+        fail(f"cannot make the catalogue {path}: {exc}")
+    columns = (TextColumn("cataloguing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    started = time.monotonic()
+    try:
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task("reindex")
+            count = catch_up(
+                catalogue, ForwardTail(root), lambda done, total: progress.update(task, completed=done, total=total)
+            )
+    finally:
+        catalogue.close()
+        lock.close()
+    print(f"catalogued {count:,} messages from {root} in {time.monotonic() - started:.1f}s into {path}", flush=True)
 
 
 @app.command("list")
@@ -188,7 +355,7 @@ def verify(
 
 @app.command()
 def healthcheck() -> None:
-    """Exit 0 while `watch` is running and sweeping the forward folder."""
+    """Exit 0 while `watch` (or `serve`) is running and sweeping the forward folder, and `serve`'s HTTP side answers."""
     try:
         config = InspectorConfig.from_env()
     except ConfigError as exc:
@@ -199,6 +366,9 @@ def healthcheck() -> None:
         fail("unhealthy: not watching yet", 1)
     if age > max(10 * config.sweep_interval, 10.0):
         fail(f"unhealthy: no sweep for {age:.0f}s", 1)
+    problem = http_health(config.http_ready_file)
+    if problem:
+        fail(f"unhealthy: {problem}", 1)
 
 
 def main() -> None:

@@ -33,9 +33,11 @@ from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
+from email.utils import getaddresses
 from typing import Any, TypeVar
 
 from maillab_common.forward import Record
+from maillab_inspector import quickmime
 
 PREVIEW_LINES = 5
 TOO_DEEP = "MIME parts nested too deeply to read: headers only"
@@ -60,6 +62,10 @@ MAX_PARTS = 1_000
 # summary (a legitimate message of 20,000 attachments is read whole), still bounded.
 THOROUGH_HEADER_BUDGET = 32 * 1024 * 1024
 THOROUGH_PARTS = 20_000
+# What the web view may spend on the detail of one message: it answers requests, so a
+# hostile message must not hold a worker for a minute, as it may hold `show`.
+WEB_HEADER_BUDGET = 2 * 1024 * 1024
+WEB_PARTS = 5_000
 # Header values up to SHARED_CHARACTERS long are parsed once a process and the header object
 # shared: the MIME walk reads the same few (`text/plain; charset="utf-8"`, `base64`,
 # `attachment; filename="a1.bin"`) in every message. The SHARED_FIELDS used last are kept
@@ -123,6 +129,12 @@ class Budget:
         self.parts -= 1
         if self.parts < 0:
             raise TooMuchWork(f"more than {self._limits[1]:,} MIME parts: headers only")
+
+
+def web_budget() -> Budget:
+    """The budget of the web view's detail of a message: whole for any message a program sends, and
+    a few seconds at most for a hostile one (the thorough budget can take over a minute on some)."""
+    return Budget(header_characters=WEB_HEADER_BUDGET, parts=WEB_PARTS)
 
 
 def thorough_budget() -> Budget:
@@ -401,3 +413,189 @@ def _decoded(policy: Policy, name: str, raw: str) -> str:
 def _as_stored(raw: str) -> str:
     # Undecodable bytes arrive as surrogates, which no output stream can write.
     return str(raw).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+# What the catalogue keeps of one message (catalogue.py stores it; the web view lists and searches it).
+SNIPPET_CHARACTERS = 200
+CATALOGUE_TEXT = 64 * 1024  # characters of the text body kept for full-text search
+# Characters of one header's decoded text kept for listing (a legitimate Subject is at most
+# 16 KiB, the agent's limit); the field as stored is always in the forward file.
+CATALOGUE_FIELD = 32 * 1024
+# Header fields read for addresses, and addresses kept, per role (From; To and Cc): a
+# message of 100,000 recipients is catalogued under its first few thousand.
+ADDRESS_FIELDS = 64
+MAX_ADDRESSES = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """One record as the catalogue keeps it (catalogue.py): where it is, what lists show, what search reads.
+
+    Every text is valid Unicode (bytes that were not are replaced), so that it can be stored and sent as JSON.
+    """
+
+    id: str  # stable across a reindex: the file, the offset and the transaction
+    domain: str
+    inode: int
+    offset: int
+    length: int
+    received: int  # epoch seconds, UTC
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    header_from: str
+    header_to: str
+    header_cc: str
+    from_addresses: tuple[str, ...]  # addr-specs in the header From
+    to_addresses: tuple[str, ...]  # addr-specs in the header To and Cc
+    subject: str
+    date: str
+    message_id: str  # without <>
+    size: int
+    snippet: str
+    text: str  # the text body, its first CATALOGUE_TEXT characters
+    attachments: tuple[AttachmentSummary, ...]
+    problem: str
+
+
+def entry_id(domain: str, offset: int, transaction_id: str) -> str:
+    return hashlib.sha256(f"{domain}\0{offset}\0{transaction_id}".encode()).hexdigest()[:16]
+
+
+def catalogue_entry(domain: str, record: Record, inode: int) -> Entry:
+    """What the catalogue keeps of `record`, read from file `domain` (whose inode is `inode`).
+
+    The shapes programs send are read by quickmime, at a fraction of the email package's
+    cost; the rest by the email package, on a summary's budget, once. Hostile content never
+    raises; what could not be read is empty, and `problem` says why.
+    """
+    delivery = record.delivery
+    quick = quickmime.contents(delivery.message)
+    if quick is not None:
+        fields, body, attachments, problems = quick.fields, quick.text, quick.attachments, []
+    else:
+        contents = read_contents(record)
+        fields, body, attachments = list(contents.headers.raw_items()), contents.text, contents.attachments
+        problems = [contents.problem] if contents.problem else []
+    subject, message_id = _first_raw(fields, "Subject"), _first_raw(fields, "Message-ID")
+    text = valid_text(body[:CATALOGUE_TEXT])
+    return Entry(
+        id=entry_id(domain, record.offset, delivery.transaction_id),
+        domain=domain,
+        inode=inode,
+        offset=record.offset,
+        length=record.length,
+        received=int(delivery.received_at.timestamp()),
+        mail_from=delivery.mail_from,
+        rcpt_to=delivery.rcpt_tos,
+        header_from=_listed(fields, "From"),
+        header_to=_listed(fields, "To"),
+        header_cc=_listed(fields, "Cc"),
+        from_addresses=_addresses(fields, ("from",)),
+        to_addresses=_addresses(fields, ("to", "cc")),
+        subject=_field_listed("Subject", subject),
+        date=_listed(fields, "Date"),
+        message_id=_field_listed("Message-ID", message_id).strip().strip("<>"),
+        size=len(delivery.message),
+        snippet=" ".join(text[: SNIPPET_CHARACTERS * 8].split())[:SNIPPET_CHARACTERS],
+        text=text,
+        attachments=tuple(
+            AttachmentSummary(
+                filename=valid_text(name),
+                content_type=valid_text(kind),
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+            for name, kind, data in attachments
+        ),
+        problem=valid_text("; ".join(problems + _field_problems(subject, message_id))),
+    )
+
+
+def valid_text(text: str) -> str:
+    """`text` with what is not Unicode (bytes read as surrogates) replaced: it can be stored, and sent as UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no byte became
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _first_raw(fields: list[tuple[str, str]], name: str) -> str | None:
+    """The first field called `name`, as stored (`_raw` over a message's raw items)."""
+    return next((value for key, value in fields if key.lower() == name.lower()), None)
+
+
+def _listed(fields: list[tuple[str, str]], name: str) -> str:
+    return _field_listed(name, _first_raw(fields, name))
+
+
+def _field_listed(name: str, raw: str | None) -> str:
+    """A field's decoded text on one line, cut to CATALOGUE_FIELD.
+
+    A field with nothing to decode (ASCII, no encoded word) is its raw value on one line: the
+    header parser, the slowest part of a catalogue entry, would give back the same text (an
+    address list as written, rather than as the parser spells it again).
+    """
+    if raw is not None and raw.isascii() and "=?" not in raw:
+        return " ".join(raw[: CATALOGUE_FIELD * 2].split())[:CATALOGUE_FIELD]
+    try:
+        text = field_text(name, raw)
+    except Exception:  # field_text is meant not to raise; a catalogue entry must not, whatever the header
+        text = _as_stored(raw or "")
+    return valid_text(text[:CATALOGUE_FIELD])
+
+
+def _addresses(fields: list[tuple[str, str]], names: tuple[str, ...]) -> tuple[str, ...]:
+    """The addr-specs (those with an '@') in the fields `names`, each field cut as the parser's are."""
+    values = [value for key, value in fields if key.lower() in names][:ADDRESS_FIELDS]
+    found: list[str] = []
+    for value in values:
+        try:
+            pairs = getaddresses([" ".join(_LINE_ENDS.sub("", field_head(value)).split())])
+        except Exception:  # hostile syntax the address parser trips over
+            continue
+        found += [valid_text(address) for _, address in pairs if "@" in address]
+        if len(found) >= MAX_ADDRESSES:
+            break
+    return tuple(dict.fromkeys(found[:MAX_ADDRESSES]))
+
+
+@dataclass(frozen=True)
+class Detail:
+    """One message as the web view shows it: every header, the text and HTML bodies, the attachments."""
+
+    headers: list[tuple[str, str]]
+    text: str
+    html: str  # the text/html body; '' when there is none
+    attachments: list[tuple[str, str, bytes]]  # (filename, content type, decoded bytes)
+    problem: str
+
+
+def message_detail(record: Record, budget: Budget | None = None) -> Detail:
+    """The message a person asked about, read whole (on `budget`, the thorough one by default); never
+    raises on hostile content."""
+    contents = read_contents(record, budget or thorough_budget())
+    problems = [contents.problem] if contents.problem else []
+    html = ""
+    if not contents.problem:
+        try:
+            part = contents.headers.get_body(preferencelist=("html",))
+            content = part.get_content() if part is not None else ""
+            html = content if isinstance(content, str) else ""
+        except Exception:  # unknown charsets, broken MIME, past the budget
+            problems.append("the HTML body cannot be decoded")
+    try:
+        shown = headers_shown(contents.headers)
+    except Exception:  # headers_shown is meant not to raise; the detail must not
+        shown = [(name, _as_stored(value)) for name, value in contents.headers.raw_items()]
+    return Detail(
+        headers=[(valid_text(name), valid_text(value)) for name, value in shown],
+        text=valid_text(contents.text),
+        html=valid_text(html),
+        attachments=[(valid_text(name), valid_text(kind), data) for name, kind, data in contents.attachments],
+        problem="; ".join(problems),
+    )

@@ -10,10 +10,13 @@ stops a command.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
-from maillab_common.forward import Damaged, Record
+from maillab_common.forward import Damaged, Record, parse_records
 from maillab_inspector import model
 from maillab_inspector.model import Budget, Headline, MessageSummary, summarize
 from maillab_inspector.tail import ForwardTail
@@ -80,6 +83,42 @@ def find(tail: ForwardTail, message_id: str) -> tuple[str, Record] | None:
         if isinstance(item, Record) and model.headline(name, item).message_id.strip("<>") == wanted:
             return name, item
     return None
+
+
+def record_at(root: Path, domain: str, inode: int, offset: int, length: int) -> Record | None:
+    """The record the catalogue found at `offset` (`length` bytes) in the file `domain` of `root`,
+    if that file is still the one it read (`inode`) and that record is still there; else None.
+
+    The bytes of a whole record never change once written (the server cuts off only a torn
+    tail), so they are read without the lock the tail takes.
+    """
+    if not domain or domain.startswith(".") or "/" in domain or "\0" in domain or offset < 0 or length <= 0:
+        return None
+    try:
+        fd = os.open(root / domain, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_ino != inode or status.st_size < offset + length:
+            return None
+        data = bytearray()
+        while len(data) < length:
+            chunk = os.pread(fd, length - len(data), offset + len(data))
+            if not chunk:
+                return None
+            data += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    items, rest = parse_records(bytes(data), offset)
+    if rest or len(items) != 1:
+        return None
+    found = items[0]
+    if not isinstance(found, Record) or found.offset != offset or found.length != length:
+        return None
+    return found
 
 
 def warn_unfinished(tail: ForwardTail) -> None:

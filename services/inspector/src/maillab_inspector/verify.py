@@ -9,12 +9,13 @@ among its recipients (less any it refused), with the same subject and the same a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from maillab_common.forward import Damaged
 from maillab_common.manifest import Manifest
-from maillab_inspector.model import MessageSummary, thorough_budget
+from maillab_inspector.model import AttachmentSummary, MessageSummary, thorough_budget
 from maillab_inspector.stored import summary as read_summary
 from maillab_inspector.tail import ForwardTail
 
@@ -32,6 +33,19 @@ class Expected:
     @property
     def key(self) -> Key:
         return (self.message_id, self.domain)
+
+
+class Delivered(Protocol):
+    """What `check` reads of a delivery found: a summary read from the forward file, or the catalogue's row."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def problem(self) -> str: ...
+
+    @property
+    def attachments(self) -> tuple[AttachmentSummary, ...]: ...
 
 
 @dataclass
@@ -98,7 +112,7 @@ def collect(
 
 
 def check(
-    expected: Iterable[Expected], found: Mapping[Key, list[MessageSummary]], not_accepted: int = 0
+    expected: Iterable[Expected], found: Mapping[Key, Sequence[Delivered]], not_accepted: int = 0
 ) -> VerifyReport:
     report = VerifyReport(not_accepted=not_accepted)
     for item in expected:
@@ -117,7 +131,7 @@ def check(
     return report
 
 
-def _difference(item: Expected, summary: MessageSummary) -> str:
+def _difference(item: Expected, summary: Delivered) -> str:
     if summary.problem:
         return summary.problem
     if summary.subject != item.subject:

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from watchdog.events import (
     FileCreatedEvent,
@@ -138,6 +139,10 @@ class Window:
                 self._changed.notify_all()
             return arrival
 
+    def __len__(self) -> int:
+        """How many records are held."""
+        return len(self._held)
+
     def _has_room(self, size: int) -> bool:
         if not self._held:
             return True
@@ -179,6 +184,11 @@ class _ChangedFiles(FileSystemEventHandler):
             self._queued -= names
 
 
+class PositionSaver(Protocol):
+    def advance(self, positions: dict[str, tuple[int, int]]) -> None:
+        """Save how far each file in `positions` has been handed on: (inode, offset)."""
+
+
 class Watcher:
     """Follows a forward folder through `tail`, until `stop`."""
 
@@ -188,7 +198,7 @@ class Watcher:
         *,
         only: str | None = None,
         sweep_interval: float = 1.0,
-        positions: PositionStore | None = None,
+        positions: PositionSaver | None = None,
         ready_file: Path | None = None,
         observer: BaseObserver | None = None,
         window: Window | None = None,

@@ -1,0 +1,273 @@
+"""Filling the catalogue from the forward files: the backlog first, in bulk, then each record as it lands.
+
+The catalogue (catalogue.py) is fed by a tail of its own, whose positions it keeps in its
+own database, committed with the rows they cover: a kill -9 between two commits loses
+nothing and catalogues nothing twice. `catch_up` reads the backlog (everything after the
+saved positions, every file from its start for a new catalogue) in batches, taking records
+apart in a pool of processes when there are enough of them to pay for it. `CatalogueFeed`
+then follows the folder through a `Watcher` (watcher.py), as `watch` does: it is both that
+watcher's output and its position store, so that each batch of entries is written with the
+positions it reaches in one transaction. A batch is written as soon as no record waits
+behind it, and at the latest after BATCH_RECORDS records or BATCH_SECONDS: one message alone
+is catalogued at once, a burst in few transactions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import BinaryIO
+
+from maillab_common.forward import Damaged, Record
+from maillab_inspector.catalogue import Catalogue, Entry, SchemaMismatch
+from maillab_inspector.model import catalogue_entry
+from maillab_inspector.tail import ForwardTail
+from maillab_inspector.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 500  # the most entries written in one transaction
+BATCH_SECONDS = 0.05  # and the longest the first of them waits for the others
+# Below this many bytes of backlog, the records are taken apart in this process: starting
+# the pool's interpreters costs more than it saves.
+POOL_FROM_BYTES = 8 * 1024 * 1024
+POOL_BATCH = 256  # records a worker takes apart at a time
+POOL_WORKERS = 2
+
+Progress = Callable[[int, int], object]  # (bytes done, bytes in all)
+Positions = dict[str, tuple[int, int]]
+
+
+def open_catalogue(path: Path) -> tuple[Catalogue, bool]:
+    """The catalogue at `path`, and whether it is new (to be filled from the start of every file).
+
+    One of another schema version, or a file that is not a catalogue, is deleted and made
+    anew: the forward files are the source of truth, and it is rebuilt from them.
+    """
+    existed = path.exists()
+    try:
+        return Catalogue(path), not existed
+    except SchemaMismatch as exc:
+        log.warning("rebuilding the catalogue %s from the forward files: %s", path, exc)
+    remove_catalogue(path)
+    return Catalogue(path), True
+
+
+def remove_catalogue(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+
+
+def backlog_bytes(tail: ForwardTail) -> int:
+    """How many bytes of the forward files the tail has not read yet."""
+    positions = tail.positions()
+    total = 0
+    for entry in os.scandir(tail.root):
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        status = entry.stat(follow_symlinks=False)
+        inode, offset = positions.get(entry.name, (status.st_ino, 0))
+        total += status.st_size - (offset if inode == status.st_ino and offset <= status.st_size else 0)
+    return total
+
+
+def catch_up(
+    catalogue: Catalogue,
+    tail: ForwardTail,
+    progress: Progress = lambda done, total: None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
+    """Catalogue every record after the tail's positions up to the end of the files as they are
+    now, or until `stopping()`; the number of messages catalogued."""
+    total = backlog_bytes(tail)
+    progress(0, total)
+    batches = _batches(tail.poll_all(), tail, stopping)
+    if total >= POOL_FROM_BYTES and POOL_WORKERS > 1:
+        entries_of = _in_pool(batches)
+    else:
+        entries_of = ((positions, done, [_entry(item) for item in records]) for positions, done, records in batches)
+    catalogued = done_bytes = 0
+    for positions, done, entries in entries_of:
+        catalogue.ingest(entries, positions)
+        catalogued += len(entries)
+        done_bytes += done
+        progress(done_bytes, max(total, done_bytes))
+    return catalogued
+
+
+Pending = tuple[str, int, Record]  # a forward file's name, its inode, and a record read from it
+
+
+def _batches(
+    items: Iterable[tuple[str, Record | Damaged]], tail: ForwardTail, stopping: Callable[[], bool]
+) -> Iterator[tuple[Positions, int, list[Pending]]]:
+    """The records in batches of POOL_BATCH, each with the positions it reaches and the bytes it covers."""
+    positions: Positions = {}
+    records: list[Pending] = []
+    covered = 0
+    for name, item in items:
+        if stopping():
+            return
+        inode = tail.inode(name)
+        positions[name] = (inode, item.offset + item.length)
+        covered += item.length
+        if isinstance(item, Damaged):
+            log.warning("%s: %d damaged bytes at offset %d: %s", name, item.length, item.offset, item.reason)
+        else:
+            records.append((name, inode, item))
+        if len(records) >= POOL_BATCH:
+            yield positions, covered, records
+            positions, records, covered = {}, [], 0
+    if positions:
+        yield positions, covered, records
+
+
+def _entry(pending: Pending) -> Entry:
+    name, inode, record = pending
+    return catalogue_entry(name, record, inode)
+
+
+def _entries(records: list[Pending]) -> list[Entry]:
+    return [_entry(pending) for pending in records]
+
+
+def _in_pool(
+    batches: Iterator[tuple[Positions, int, list[Pending]]],
+) -> Iterator[tuple[Positions, int, list[Entry]]]:
+    """The batches' entries, taken apart in worker processes, in order, with few batches in flight
+    (the backlog stays in its files). Spawned, not forked: the process that asks has threads."""
+    context = multiprocessing.get_context("spawn")
+    in_flight: deque[tuple[Positions, int, Future[list[Entry]]]] = deque()
+    with ProcessPoolExecutor(POOL_WORKERS, mp_context=context) as pool:
+        for positions, covered, records in batches:
+            in_flight.append((positions, covered, pool.submit(_entries, records)))
+            if len(in_flight) >= 2 * POOL_WORKERS:
+                positions, covered, future = in_flight.popleft()
+                yield positions, covered, future.result()
+        while in_flight:
+            positions, covered, future = in_flight.popleft()
+            yield positions, covered, future.result()
+
+
+class CatalogueFeed:
+    """The catalogue's side of a `Watcher`: its output (each record made an entry) and its
+    position store (the entries written with the positions they reach, in one transaction).
+
+    `waiting` says how many records the watcher holds behind the last one handed on.
+    """
+
+    def __init__(self, catalogue: Catalogue, waiting: Callable[[], int] = lambda: 0) -> None:
+        self.catalogue, self.waiting = catalogue, waiting
+        self._pending: list[Entry] = []
+        self._first_at = 0.0
+
+    def message(self, name: str, record: Record, waited: float) -> None:
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append(catalogue_entry(name, record, 0))  # its inode comes with the positions
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    @property
+    def settled(self) -> bool:
+        """Whether the pending entries are to be written now: none wait behind them, or the batch is full or old."""
+        return (
+            not self._pending
+            or not self.waiting()
+            or len(self._pending) >= BATCH_RECORDS
+            or time.monotonic() - self._first_at >= BATCH_SECONDS
+        )
+
+    def advance(self, positions: Mapping[str, tuple[int, int]]) -> None:
+        """Write the pending entries and `positions` in one transaction."""
+        entries = [replace(entry, inode=positions[entry.domain][0]) for entry in self._pending]
+        self.catalogue.ingest(entries, positions)
+        self._pending.clear()
+
+
+class CatalogueInUse(Exception):
+    """Another process (`serve`, `reindex`) has the catalogue open for writing."""
+
+
+def serving_lock(path: Path) -> LockFile:
+    """Hold the catalogue at `path` for this process alone, until the lock is closed; raises
+    CatalogueInUse when another has it, OSError when the lock cannot be made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115 (held open until the caller closes it)
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise CatalogueInUse(
+            f"the catalogue {path} is in use by a running inspector (serve or reindex): stop it first "
+            "(docker compose stop inspector), or delete the catalogue and restart it, which rebuilds it"
+        ) from None
+    return lock
+
+
+LockFile = BinaryIO
+
+
+class Feeding:
+    """The catalogue's thread: the backlog first (`catch_up`), then each record as it lands,
+    through a `Watcher` and a `CatalogueFeed`, until `stop`."""
+
+    PROGRESS_EVERY = 5.0  # seconds between two log lines while the backlog is read
+
+    def __init__(self, catalogue: Catalogue, root: Path, sweep_interval: float) -> None:
+        self.catalogue = catalogue
+        self.tail = ForwardTail(root)
+        self.tail.restore(catalogue.positions())
+        feed = CatalogueFeed(catalogue)
+        self.watcher = Watcher(self.tail, sweep_interval=sweep_interval, positions=feed)
+        feed.waiting = lambda: len(self.watcher.window)
+        self.feed = feed
+        self.failure: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._logged_at = 0.0
+
+    def start(self, on_failure: Callable[[], object]) -> None:
+        def run() -> None:
+            try:
+                self._catch_up()
+                if not self._stopping.is_set():
+                    self.watcher.run(self.feed)
+            except BaseException as exc:  # the process stops: told to the caller through `failure`
+                log.exception("cataloguing stopped")
+                self.failure = exc
+                on_failure()
+
+        self._thread = threading.Thread(target=run, name="catalogue-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.watcher.stop()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _catch_up(self) -> None:
+        started = time.monotonic()
+        count = catch_up(self.catalogue, self.tail, self._log_progress, self._stopping.is_set)
+        if count:
+            log.info("catalogued %d messages from the forward files in %.1fs", count, time.monotonic() - started)
+
+    def _log_progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total and now - self._logged_at >= self.PROGRESS_EVERY:
+            self._logged_at = now
+            log.info("cataloguing the forward files: %.1f of %.1f MiB", done / 2**20, total / 2**20)

@@ -1,0 +1,240 @@
+"""Filling the catalogue: the backlog in bulk, `serve` as a process (catalogue, printer and HTTP
+in one), a kill -9 in the middle of a backlog, the lock between `serve` and `reindex`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maillab_inspector import cataloguing
+from maillab_inspector.catalogue import Catalogue
+from maillab_inspector.cataloguing import CatalogueFeed, CatalogueInUse, catch_up, serving_lock
+from maillab_inspector.tail import ForwardTail
+from tests.helpers import MULTIPART, inspector, record, wait_until
+from tests.unit.conftest import free_port
+
+
+def write(path: Path, numbers: range) -> None:
+    with open(path, "ab") as file:
+        file.write(b"".join(record(number) for number in numbers))
+
+
+def every_subject(catalogue: Catalogue) -> Counter[str]:
+    """Each catalogued message's subject, counted, read page by page."""
+    subjects: Counter[str] = Counter()
+    cursor = None
+    while True:
+        page = catalogue.messages(limit=1000, cursor=cursor)
+        subjects.update(message.subject for message in page.messages)
+        cursor = page.next_cursor
+        if cursor is None:
+            return subjects
+
+
+def test_the_backlog_is_catalogued_once_and_then_only_what_is_new(tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 301))
+    write(forward / "b.test", range(301, 351))
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    reported: list[tuple[int, int]] = []
+    assert catch_up(catalogue, ForwardTail(forward), lambda done, total: reported.append((done, total))) == 350
+    sizes = {name: (os.stat(forward / name).st_ino, os.stat(forward / name).st_size) for name in ("a.test", "b.test")}
+    assert catalogue.positions() == sizes
+    assert reported[-1] == (sum(size for _, size in sizes.values()),) * 2, "the progress ends at the whole backlog"
+
+    write(forward / "a.test", range(351, 361))
+    tail = ForwardTail(forward)
+    tail.restore(catalogue.positions())
+    assert catch_up(catalogue, tail) == 10, "only what was appended since"
+    assert every_subject(catalogue) == Counter({f"n{number}": 1 for number in range(1, 361)})
+    catalogue.close()
+
+
+def test_the_pool_catalogues_what_this_process_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 700))
+    with open(forward / "b.test", "wb") as file:
+        file.write(record(0, MULTIPART) + b"From damaged bytes\n" + record(700))
+    inline = Catalogue(tmp_path / "inline.sqlite3")
+    catch_up(inline, ForwardTail(forward))
+    monkeypatch.setattr(cataloguing, "POOL_FROM_BYTES", 0)
+    pooled = Catalogue(tmp_path / "pooled.sqlite3")
+    catch_up(pooled, ForwardTail(forward))
+    assert pooled.messages(limit=1000) == inline.messages(limit=1000)
+    assert pooled.positions() == inline.positions()
+    assert pooled.messages(limit=1000).total == 701
+    inline.close()
+    pooled.close()
+
+
+def test_a_feed_writes_at_once_when_nothing_waits_and_in_batches_when_records_do(tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 4))
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    waiting = [5]
+    feed = CatalogueFeed(catalogue, waiting=lambda: waiting[0])
+    tail = ForwardTail(forward)
+    items = list(tail.poll("a.test"))
+    feed.message("a.test", items[0][1], 0.0)  # type: ignore[arg-type]
+    assert not feed.settled, "more records wait: the batch goes on"
+    waiting[0] = 0
+    assert feed.settled, "nothing waits behind it: written now"
+    inode = os.stat(forward / "a.test").st_ino
+    first = items[0][1]
+    feed.advance({"a.test": (inode, first.offset + first.length)})
+    written = catalogue.messages()
+    assert [message.subject for message in written.messages] == ["n1"]
+    assert catalogue.positions() == {"a.test": (inode, first.offset + first.length)}
+    catalogue.close()
+
+
+def test_only_one_process_holds_a_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.sqlite3"
+    held = serving_lock(path)
+    with pytest.raises(CatalogueInUse, match="in use by a running inspector"):
+        serving_lock(path)
+    held.close()
+    serving_lock(path).close()
+
+
+class Serve:
+    """`maillab-inspector serve --json` in a child process on a free port, its JSON lines counted."""
+
+    def __init__(self, forward: Path, state: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "MAILLAB_FORWARD_DIR": str(forward),
+            "MAILLAB_STATE_FILE": str(state / "positions.sqlite3"),
+            "MAILLAB_CATALOGUE": str(state / "catalogue.sqlite3"),
+            "MAILLAB_READY_FILE": str(state / "ready"),
+            "MAILLAB_HTTP_READY_FILE": str(state / "http"),
+            "MAILLAB_HTTP_PORT": str(self.port),
+            "MAILLAB_SWEEP_INTERVAL": "0.2",
+        }
+        self.stdout = state / "stdout"
+        with open(self.stdout, "ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "maillab_inspector", "serve", "--json"],
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.PIPE,
+            )
+        wait_until(lambda: self.answers() or self.process.poll() is not None, "serve to answer HTTP", 30)
+        assert self.process.poll() is None, self.process.stderr.read() if self.process.stderr else ""
+
+    def get(self, path: str, timeout: float = 10) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1{path}", timeout=timeout) as response:
+            return json.load(response)
+
+    def answers(self) -> bool:
+        try:
+            self.get("/health", timeout=1)
+        except (OSError, urllib.error.URLError):
+            return False
+        return True
+
+    def printed(self) -> Counter[str]:
+        subjects: Counter[str] = Counter()
+        for line in self.stdout.read_text().splitlines():
+            try:
+                subjects[json.loads(line)["subject"]] += 1
+            except ValueError:  # a line cut by a kill -9
+                continue
+        return subjects
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return code
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for serve in started:
+        if serve.process.poll() is None:
+            serve.stop(signal.SIGKILL)
+
+
+def test_serve_catalogues_prints_and_answers_a_wait_for_what_lands(tmp_path: Path, serving: list[Serve]) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    write(forward / "a.test", range(1, 6))  # before the start: the catalogue is new, and takes them in
+    serving.append(serve := Serve(forward, state))
+    wait_until(lambda: serve.get("/messages")["total"] == 5, "the five stored before the start")
+    write(forward / "b.test", range(6, 8))
+    found = serve.get("/wait?query=domain:b.test&count=2&timeout=10")
+    assert sorted(message["subject"] for message in found["messages"]) == ["n6", "n7"]
+    wait_until(lambda: serve.printed() == Counter({"n6": 1, "n7": 1}), "the printer to show the two new ones")
+    healthy = subprocess.run(
+        [sys.executable, "-m", "maillab_inspector", "healthcheck"], env=serve.env, capture_output=True, text=True
+    )
+    assert healthy.returncode == 0, healthy.stderr
+    assert serve.stop() == 0
+    unhealthy = subprocess.run(
+        [sys.executable, "-m", "maillab_inspector", "healthcheck"], env=serve.env, capture_output=True, text=True
+    )
+    assert unhealthy.returncode == 1
+
+
+def test_a_kill_9_mid_backlog_catalogues_every_message_once(tmp_path: Path, serving: list[Serve]) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    backlog = 6_000
+    write(forward / "a.test", range(1, backlog + 1))
+    serving.append(first := Serve(forward, state))
+    wait_until(lambda: first.get("/messages?limit=1")["total"] > 0, "the first batch to be catalogued")
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    catalogue = Catalogue(state / "catalogue.sqlite3")
+    at_the_kill = catalogue.messages(limit=1).total
+    catalogue.close()
+    assert at_the_kill < backlog, "killed in the middle of the backlog"
+    serving.append(second := Serve(forward, state))
+    wait_until(lambda: second.get("/messages?limit=1")["total"] == backlog, "the rest of the backlog", 60)
+    second.stop()
+    catalogue = Catalogue(state / "catalogue.sqlite3")
+    assert every_subject(catalogue) == Counter({f"n{number}": 1 for number in range(1, backlog + 1)})
+    catalogue.close()
+
+
+def test_reindex_refuses_a_served_catalogue_and_rebuilds_the_same_answers(tmp_path: Path, serving: list[Serve]) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    write(forward / "a.test", range(1, 41))
+    write(forward / "b.test", range(41, 61))
+    serving.append(serve := Serve(forward, state))
+    wait_until(lambda: serve.get("/messages")["total"] == 60, "the sixty messages")
+    before = serve.get("/messages?limit=1000")
+    env = {key: value for key, value in serve.env.items() if key in ("MAILLAB_CATALOGUE",)}
+    refused = inspector(forward, "reindex", "--catalogue", env["MAILLAB_CATALOGUE"])
+    assert refused.returncode == 1 and "in use by a running inspector" in refused.stderr, refused.stderr
+    serve.stop()
+    started = time.monotonic()
+    rebuilt = inspector(forward, "reindex", "--catalogue", env["MAILLAB_CATALOGUE"])
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "catalogued 60 messages" in rebuilt.stdout
+    assert time.monotonic() - started < 30
+    serving.append(again := Serve(forward, state))
+    assert again.get("/messages?limit=1000") == before
