@@ -238,3 +238,39 @@ def test_reindex_refuses_a_served_catalogue_and_rebuilds_the_same_answers(tmp_pa
     assert time.monotonic() - started < 30
     serving.append(again := Serve(forward, state))
     assert again.get("/messages?limit=1000") == before
+
+
+def test_list_takes_a_query_over_the_catalogue(tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 31))
+    path = str(tmp_path / "catalogue.sqlite3")
+    missing = inspector(forward, "list", "--query", "n7", "--catalogue", path)
+    assert missing.returncode == 1 and "no catalogue" in missing.stderr, missing.stderr
+    assert inspector(forward, "reindex", "--catalogue", path).returncode == 0
+    found = inspector(forward, "list", "--query", "subject:n7 -n8", "--catalogue", path, "--json")
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line)["subject"] for line in found.stdout.splitlines()] == ["n7"]
+    lines = inspector(forward, "list", "--query", "domain:a.test", "--catalogue", path).stdout.splitlines()
+    assert len(lines) == 30 and "n30" in lines[0], "newest first"
+    malformed = inspector(forward, "list", "--query", "n7 larger:ten", "--catalogue", path)
+    assert malformed.returncode == 2 and "at character 11" in malformed.stderr, malformed.stderr
+
+
+def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_path: Path) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 6))
+    write(forward / "b.test", range(6, 8))
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    tail = ForwardTail(forward)
+    catch_up(catalogue, tail)
+    write(tmp_path / "replacement", range(100, 103))
+    os.replace(tmp_path / "replacement", forward / "a.test")  # another inode
+    catch_up(catalogue, tail)
+    assert every_subject(catalogue) == Counter({"n100": 1, "n101": 1, "n102": 1, "n6": 1, "n7": 1})
+    with open(forward / "a.test", "wb") as file:  # cut in place (the same inode), then one record
+        file.write(record(200))
+    catch_up(catalogue, tail)
+    assert every_subject(catalogue) == Counter({"n200": 1, "n6": 1, "n7": 1})
+    catalogue.close()

@@ -92,6 +92,20 @@ def test_hostile_messages_are_read_alike_or_left_to_the_email_package() -> None:
 @pytest.mark.parametrize(
     "shape",
     [
+        b'Content-Type: text/plain; name="note.txt"\n\nhello body\n',  # an attachment, and the body too
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Disposition: inline; filename=a.txt\n\nfirst\n"
+        b"--b\nContent-Type: text/plain\n\nsecond\n--b--\n",
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: multipart/mixed; boundary=c\n"
+        b"Content-Disposition: attachment\n\n--c\n\nhidden\n--c--\n--b\n\nvisible\n--b--\n",
+    ],
+)
+def test_the_text_body_is_the_one_the_email_package_finds(shape: bytes) -> None:
+    assert agrees(shape)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
         b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n",  # no closing boundary
         b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nx\n--b--\n",  # an empty part
         b"Content-Type: multipart/mixed; boundary*=utf-8''b\n\n--b\n\nx\n--b--\n",  # RFC 2231

@@ -9,6 +9,7 @@ lines go through `visible` too.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
@@ -39,8 +40,10 @@ from maillab_common.addresses import InvalidAddress, normalise_domain
 from maillab_common.cli import env_help, err, fail, out, run_app
 from maillab_common.settings import ConfigError
 from maillab_common.text import visible
+from maillab_inspector import query as search
 from maillab_inspector import render, stored
 from maillab_inspector.attachments import CannotSave, save
+from maillab_inspector.catalogue import Catalogue, SchemaMismatch
 from maillab_inspector.cataloguing import (
     CatalogueInUse,
     Feeding,
@@ -60,6 +63,9 @@ from maillab_inspector.web.app import create_app, stop_streams
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="See what the maillab lab received.")
 ForwardDir = Annotated[Path | None, typer.Option(help=env_help("The forward folder", "MAILLAB_FORWARD_DIR"))]
 Domain = Annotated[str | None, typer.Option(help="Only this domain's forward file")]
+CatalogueFile = Annotated[
+    Path | None, typer.Option("--catalogue", help=env_help("The catalogue database", "MAILLAB_CATALOGUE"))
+]
 
 
 class VisibleFormatter(logging.Formatter):
@@ -81,6 +87,10 @@ def setup(forward_dir: Path | None) -> tuple[InspectorConfig, Path]:
     if not root.is_dir():
         fail(f"the forward folder {root} does not exist")
     return config, root
+
+
+# The names a browser on the lab's host reaches it by; others come from MAILLAB_HTTP_HOSTS.
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class HttpServer:
@@ -180,9 +190,7 @@ def watch(
 def serve(
     json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON object per message")] = False,
     state: Annotated[Path | None, typer.Option(help="Where to keep the printed positions across restarts")] = None,
-    catalogue_file: Annotated[
-        Path | None, typer.Option("--catalogue", help=env_help("The catalogue database", "MAILLAB_CATALOGUE"))
-    ] = None,
+    catalogue_file: CatalogueFile = None,
     host: Annotated[
         str | None, typer.Option(help=env_help("The address to serve HTTP on", "MAILLAB_HTTP_HOST"))
     ] = None,
@@ -208,7 +216,8 @@ def serve(
         fail(str(exc), 1)
     except (OSError, sqlite3.Error) as exc:
         fail(f"cannot start (forward folder {root}, state {state_file}, catalogue {catalogue_path}): {exc}")
-    http = HttpServer(create_app(catalogue, root, config.manifest), address, config.http_ready_file)
+    hosts = (*LOOPBACK_NAMES, *config.http_hosts)
+    http = HttpServer(create_app(catalogue, root, config.manifest, hosts=hosts), address, config.http_ready_file)
     feeding = Feeding(catalogue, root, config.sweep_interval)
     printer = Watcher(tail, sweep_interval=config.sweep_interval, positions=positions, ready_file=config.ready_file)
     printer.stop_on_signals(signal.SIGTERM, signal.SIGINT)
@@ -232,9 +241,7 @@ def serve(
 
 @app.command()
 def reindex(
-    catalogue_file: Annotated[
-        Path | None, typer.Option("--catalogue", help=env_help("The catalogue database", "MAILLAB_CATALOGUE"))
-    ] = None,
+    catalogue_file: CatalogueFile = None,
     forward_dir: ForwardDir = None,
 ) -> None:
     """Rebuild the catalogue from the forward files, which stay untouched (with `serve` stopped)."""
@@ -271,9 +278,17 @@ def list_messages(
     domain: Domain = None,
     forward_dir: ForwardDir = None,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per message, as `watch --json`")] = False,
+    query: Annotated[
+        str | None,
+        typer.Option(help="Only what this search matches (docs/api.md's syntax), newest first, from the catalogue"),
+    ] = None,
+    catalogue_file: CatalogueFile = None,
 ) -> None:
-    """One line per stored message."""
-    _, root = setup(forward_dir)
+    """One line per stored message (in each file's order), or per message a search matches."""
+    config, root = setup(forward_dir)
+    if query is not None:
+        list_catalogued(catalogue_file or config.catalogue_file, query, domain_file(domain), json_lines)
+        return
     tail = ForwardTail(root)
     items = stored.poll(tail, domain_file(domain))
     # A line needs the headers only; JSON says everything (attachments and their hashes).
@@ -282,6 +297,30 @@ def list_messages(
     for line in lines:
         print(line)
     stored.warn_unfinished(tail)
+
+
+def list_catalogued(path: Path, text: str, domain: str | None, json_lines: bool) -> None:
+    try:
+        query = search.parse(text)
+    except search.QuerySyntaxError as exc:
+        fail(f"--query: {exc}")
+    if not path.is_file():
+        fail(f"no catalogue at {path}: `serve` keeps it (make up), or `reindex` makes it", 1)
+    try:
+        catalogue = Catalogue(path)
+    except (SchemaMismatch, OSError, sqlite3.Error) as exc:
+        fail(f"cannot read the catalogue {path}: {exc}; `reindex` rebuilds it", 1)
+    try:
+        cursor = None
+        while True:
+            page = catalogue.messages(query, domain, limit=1000, cursor=cursor)
+            for summary in page.messages:
+                print(json.dumps(summary.as_json(), ensure_ascii=False) if json_lines else render.as_line(summary))
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    finally:
+        catalogue.close()
 
 
 @app.command()

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +38,8 @@ from maillab_inspector.model import AttachmentSummary, Entry
 
 if TYPE_CHECKING:
     from maillab_inspector.query import Query
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -388,6 +391,7 @@ class Catalogue:
         """Catalogue `entries` (any already there are left as they are) and save `positions`, in one transaction."""
         last = 0
         with self._write() as db:
+            _hide_restarted(db, positions)
             for entry in entries:
                 last = max(last, _insert(db, entry))
             db.executemany(
@@ -571,6 +575,17 @@ def _condition(query: Query | None, domain: str | None) -> tuple[str, list[objec
         condition += " AND m.domain = ?"
         params.append(domain)
     return condition, params
+
+
+def _hide_restarted(db: sqlite3.Connection, positions: Mapping[str, tuple[int, int]]) -> None:
+    """Hide what was catalogued from a file that the tail now reads from its start again
+    (replaced: another inode; or cut shorter than its saved position): those rows point at
+    bytes that are gone or are now other messages'."""
+    for name, (inode, offset) in positions.items():
+        saved = db.execute("SELECT inode, offset FROM positions WHERE file = ?", (name,)).fetchone()
+        if saved is not None and (saved[0] != inode or offset < saved[1]):
+            log.warning("%s was replaced or cut: hiding the messages catalogued from it before", name)
+            db.execute("UPDATE messages SET deleted = 1 WHERE domain = ? AND deleted = 0", (name,))
 
 
 def _insert(db: sqlite3.Connection, entry: Entry) -> int:

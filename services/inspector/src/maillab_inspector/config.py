@@ -24,6 +24,8 @@ class InspectorConfig:
     # (MAILLAB_HTTP_HOST=0.0.0.0), and compose publishes the port on the host's loopback only.
     http_host: str = "127.0.0.1"
     http_port: int = 8025
+    # Host names the web view answers to besides the loopback ones (DNS rebinding): "*" for any.
+    http_hosts: tuple[str, ...] = ()
     # Where `serve` says which port it listens on, for the health check to ask.
     http_ready_file: Path = Path("/tmp/maillab-inspector.http")
 
@@ -41,6 +43,7 @@ class InspectorConfig:
             catalogue_file=Path(env_str(env, "MAILLAB_CATALOGUE", str(state_file.with_name("catalogue.sqlite3")))),
             http_host=env_str(env, "MAILLAB_HTTP_HOST", cls.http_host),
             http_port=env_int(env, "MAILLAB_HTTP_PORT", cls.http_port, minimum=1, maximum=65535),
+            http_hosts=tuple(name.strip() for name in env.get("MAILLAB_HTTP_HOSTS", "").split(",") if name.strip()),
             http_ready_file=Path(env_str(env, "MAILLAB_HTTP_READY_FILE", str(cls.http_ready_file))),
         )
 

@@ -111,11 +111,16 @@ def _first(fields: Fields) -> dict[str, str]:
     return first
 
 
-def _walk(headers: dict[str, str], body: bytes, found: _Found, depth: int) -> None:
+def _walk(headers: dict[str, str], body: bytes, found: _Found, depth: int, in_attachment: bool = False) -> None:
+    """Take apart one entity: its attachments (every leaf with a file name or the attachment
+    disposition, as model.attachment_payloads) and the text body (the first text/plain leaf
+    not under an attachment, as EmailMessage.get_body)."""
     found.parts += 1
     if found.parts > MAX_PARTS or depth > MAX_DEPTH:
         raise NotQuick("too many parts, or too deep")
     ctype, params = _parameters(headers.get("content-type"))
+    disposition, disposition_params = _parameters(headers.get("content-disposition"), default="")
+    in_attachment = in_attachment or disposition == "attachment"
     maintype = ctype.partition("/")[0]
     if maintype == "message" or ctype in ("multipart/related", "multipart/digest"):
         raise NotQuick(ctype)
@@ -125,14 +130,12 @@ def _walk(headers: dict[str, str], body: bytes, found: _Found, depth: int) -> No
             raise NotQuick("a multipart without a boundary")
         for part in _parts(body, boundary.rstrip()):
             part_head, part_body = _split(part)
-            _walk(_first(_fields(part_head)), part_body, found, depth + 1)
+            _walk(_first(_fields(part_head)), part_body, found, depth + 1, in_attachment)
         return
-    disposition, disposition_params = _parameters(headers.get("content-disposition"), default="")
     filename = disposition_params.get("filename", params.get("name"))
-    is_attachment = disposition == "attachment"
-    if filename is not None or is_attachment:
+    if filename is not None or disposition == "attachment":
         found.attachments.append(((filename or "").strip(), ctype, _decoded(headers, body)))
-    elif ctype == "text/plain" and found.text is None and not is_attachment:
+    if ctype == "text/plain" and found.text is None and not in_attachment:
         charset = params.get("charset") or "ASCII"
         try:
             found.text = _decoded(headers, body).decode(charset, errors="replace")

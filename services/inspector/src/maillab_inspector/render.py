@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Protocol
 
 from rich.console import Group
 from rich.panel import Panel
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from maillab_common.forward import Record
 from maillab_common.text import visible
-from maillab_inspector.model import Contents, Headline, MessageSummary, headers_shown, parse_headers
+from maillab_inspector.model import Contents, MessageSummary, headers_shown, parse_headers
 from maillab_inspector.verify import VerifyReport
 
 # Where a line is shown to a person (a panel, `list`), longer text is cut here: a 4 MB
@@ -84,7 +85,26 @@ def as_panel(summary: MessageSummary) -> Panel:
     )
 
 
-def as_line(line: Headline) -> str:
+class OneLine(Protocol):
+    """What one line shows: a headline, a summary, or a message in the catalogue."""
+
+    @property
+    def received(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def problem(self) -> str: ...
+
+
+def as_line(line: OneLine) -> str:
     """One line per message (`inspector list`, `watch` when it falls behind), from the headers
     alone (a summary is a headline too): its controls made visible, so one line it stays."""
     return (

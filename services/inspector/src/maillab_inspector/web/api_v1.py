@@ -47,7 +47,7 @@ from maillab_common.forward import Delivery
 from maillab_inspector import query as search
 from maillab_inspector import render, stored
 from maillab_inspector.catalogue import BadCursor, Catalogue, Found, Located, Summary
-from maillab_inspector.model import Detail, message_detail, thorough_budget, web_budget
+from maillab_inspector.model import Detail, entry_id, message_detail, thorough_budget, web_budget
 from maillab_inspector.verify import Delivered, check, expected_deliveries
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,17 @@ log = logging.getLogger(__name__)
 PAGE_DEFAULT = 50
 PAGE_MAX = 1000  # the most messages one page, wait or event batch holds
 WAIT_MAX_SECONDS = 300.0
+MANIFEST_BYTES = 256 * 1024 * 1024  # a posted manifest: about 800,000 messages
 KEEPALIVE_SECONDS = 15.0  # a comment on an idle event stream, so that proxies and clients keep it open
 RETRY_MILLISECONDS = 2000  # what an EventSource waits before it reconnects
 # Details read lately, for the page's tabs (the detail, then the HTML, the raw source, an
 # attachment) without taking the message apart each time: at most this many, holding
 # messages of at most this many bytes in all.
 DETAIL_CACHE_ENTRIES = 16
-DETAIL_CACHE_BYTES = 64 * 1024 * 1024
+DETAIL_CACHE_BYTES = 32 * 1024 * 1024
+# What a cached detail holds for each byte of its record: the record, and its attachments,
+# text and HTML decoded (measured: three 28 MiB messages took 260 MiB).
+DETAIL_BYTES_PER_RECORD_BYTE = 3
 
 PREVIEW_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data: cid:; "
@@ -418,16 +422,21 @@ class DetailCache:
 
     def put(self, key: tuple[str, int, int], opened: Opened) -> None:
         entries, size = self._limits
-        if opened.located.length > size:
+        held = _held(opened)
+        if held > size // 2:  # a large message is read again rather than crowding out the rest
             return
         with self._lock:
             if key in self._entries:
                 return
             self._entries[key] = opened
-            self._bytes += opened.located.length
+            self._bytes += held
             while len(self._entries) > entries or self._bytes > size:
                 _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.located.length
+                self._bytes -= _held(dropped)
+
+
+def _held(opened: Opened) -> int:
+    return opened.located.length * DETAIL_BYTES_PER_RECORD_BYTE
 
 
 def open_message(state: WebState, id: str) -> Opened:
@@ -440,6 +449,8 @@ def open_message(state: WebState, id: str) -> Opened:
     if cached is not None:
         return cached
     record = stored.record_at(state.forward_root, located.summary.domain, located.inode, located.offset, located.length)
+    if record is not None and entry_id(located.summary.domain, record.offset, record.delivery.transaction_id) != id:
+        record = None  # another message where this one was: the file was cut and written again
     if record is None:
         raise ApiError(
             410,
@@ -486,7 +497,9 @@ def _sha256(data: bytes) -> str:
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\"'\\/:*?<>|;%`\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
-_META_TAG = re.compile(r"<meta(?=[\t\n\f\r />])", re.IGNORECASE)
+# <meta> (a refresh navigates the frame), <link> (Chromium opens rel=preconnect and
+# dns-prefetch whatever the Content-Security-Policy says: a read receipt) and <base>.
+_ACTIVE_TAG = re.compile(r"<(meta|link|base)(?=[\t\n\f\r />])", re.IGNORECASE)
 FILENAME_CHARACTERS = 200
 
 
@@ -512,14 +525,15 @@ def content_disposition(name: str, fallback: str) -> str:
 
 
 def inert_html(html: str) -> str:
-    """The HTML body with every <meta> tag made an unknown element: a refresh to elsewhere is not followed.
+    """The HTML body with every <meta>, <link> and <base> tag made an unknown element.
 
     A sandboxed frame may still navigate itself, which no Content-Security-Policy forbids,
-    and `<meta http-equiv=refresh>` would do so without a click. Tag names are matched as an
-    HTML tokenizer does (ASCII case-insensitively, ended by whitespace, / or >); a match in
-    text or a comment only changes text.
+    and `<meta http-equiv=refresh>` would do so without a click; Chromium opens a
+    `<link rel=preconnect>` (and resolves a dns-prefetch) to the sender's server despite the
+    policy. Tag names are matched as an HTML tokenizer does (ASCII case-insensitively, ended
+    by whitespace, / or >); a match in text or a comment only changes text.
     """
-    return _META_TAG.sub("<x-meta", html)
+    return _ACTIVE_TAG.sub(lambda tag: f"<x-{tag[1]}", html)
 
 
 class RawMessage(Response):
@@ -782,7 +796,9 @@ async def next_commit(catalogue: Catalogue, after: int, timeout: float, closing:
     "/verify",
     response_model=VerifyReport,
     response_model_exclude_none=True,
-    responses=_answers({400: _described("The body is not an agent manifest")}),
+    responses=_answers(
+        {400: _described("The body is not an agent manifest"), 413: _described("The body is over 256 MiB")}
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -795,7 +811,16 @@ async def verify_posted(state: State, request: Request) -> dict[str, object]:
 
     Whatever the Content-Type (`curl -d @latest.json` sends a form's): the body is the manifest.
     """
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MANIFEST_BYTES:
+            raise ApiError(413, f"the manifest is over {MANIFEST_BYTES // 2**20} MiB")
+    return await run_in_threadpool(verify_posted_body, state, bytes(body))
+
+
+def verify_posted_body(state: WebState, body: bytes) -> dict[str, object]:
+    """Read and check a posted manifest: in the thread pool, as a large one takes seconds."""
     try:
         ManifestBody.model_validate_json(body)
     except ValidationError as exc:
@@ -806,7 +831,7 @@ async def verify_posted(state: State, request: Request) -> dict[str, object]:
         raise ApiError(400, "the manifest is not UTF-8 text") from None
     except manifest_format.ManifestError as exc:
         raise ApiError(400, f"the manifest: {exc}") from None
-    return await run_in_threadpool(verify_document, state, "request", manifest)
+    return verify_document(state, "request", manifest)
 
 
 @router.get(
@@ -827,8 +852,11 @@ def verify_latest(state: State) -> dict[str, object]:
 
 
 @router.get("/health", response_model=Health)
-def health(state: State) -> dict[str, object]:
-    """Whether the catalogue answers: how many messages it shows, and the last event id."""
+async def health(state: State) -> dict[str, object]:
+    """Whether the catalogue answers: how many messages it shows, and the last event id.
+
+    On the event loop, not in the thread pool, which slow requests may hold: the count is
+    one read of an index."""
     return {"status": "ok", "messages": state.catalogue.count(), "latest": state.catalogue.commits.latest}
 
 

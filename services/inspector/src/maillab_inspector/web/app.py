@@ -14,10 +14,11 @@ no /docs: its UI loads from a CDN, and the lab works offline; the OpenAPI docume
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,12 +45,18 @@ API_DESCRIPTION = (
 
 
 def create_app(
-    catalogue: Catalogue, forward_root: Path, manifest: Path | None, *, keepalive: float = KEEPALIVE_SECONDS
+    catalogue: Catalogue,
+    forward_root: Path,
+    manifest: Path | None,
+    *,
+    keepalive: float = KEEPALIVE_SECONDS,
+    hosts: Collection[str] | None = None,
 ) -> FastAPI:
     """The web view and the API over `catalogue`, whose records are in the folder `forward_root`.
 
     `manifest`: the latest batch manifest (`/api/v1/verify/latest`, the /verify page), if any.
     `keepalive`: seconds between comments on an idle event stream.
+    `hosts`: the only names a request's Host (and a POST's or DELETE's Origin) may give; any when None.
     """
     state = WebState(catalogue=catalogue, forward_root=forward_root, manifest=manifest, keepalive=keepalive)
 
@@ -76,6 +83,8 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(SecurityHeaders)
+    if hosts is not None:
+        app.add_middleware(KnownHostsOnly, hosts=frozenset(host.lower() for host in hosts))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -175,3 +184,41 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class KnownHostsOnly:
+    """Refuses a request whose Host is not one of `hosts` (421), and a POST or DELETE whose Origin
+    is not (403).
+
+    A lab on 127.0.0.1 is still reachable from any web page its user visits, through DNS
+    rebinding: the page's own name made to point at 127.0.0.1 makes its requests same-origin
+    with the lab, Host and all, and could read every message and delete them. The Host tells.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        host = _host_name(headers.get("host", ""))
+        origin = headers.get("origin")
+        if host not in self.hosts:
+            answer = JSONResponse({"error": f"this inspector does not answer to the host {host[:80]!r}"}, 421)
+        elif origin is not None and scope["method"] not in ("GET", "HEAD") and _host_name(origin) not in self.hosts:
+            answer = JSONResponse({"error": f"requests from {origin[:80]!r} may not change anything"}, 403)
+        else:
+            await self.app(scope, receive, send)
+            return
+        await answer(scope, receive, send)
+
+
+def _host_name(value: str) -> str:
+    """The host name of a Host header or an Origin, lowercased, without port or brackets."""
+    try:
+        name = urlsplit(value if "//" in value else f"//{value}").hostname
+    except ValueError:
+        return ""
+    return (name or "").lower()

@@ -292,13 +292,15 @@
     }, 150);
   }
 
+  let stream = null;
+
   function live() {
     if (typeof EventSource === "undefined") {
       liveStatus.textContent = "not live";
       liveStatus.dataset.state = "off";
       return;
     }
-    const stream = new EventSource(api + "/events?since=" + encodeURIComponent(String(state.latest)));
+    stream = new EventSource(api + "/events?since=" + encodeURIComponent(String(state.latest)));
     stream.addEventListener("open", () => {
       liveStatus.textContent = "live";
       liveStatus.dataset.state = "live";
@@ -537,4 +539,18 @@
   }
   markSelection();
   live();
+  // A page left for another stays in the browser's back/forward cache with its stream open;
+  // a browser allows a host six connections, so a few visits would leave the page none.
+  window.addEventListener("pagehide", () => {
+    if (stream !== null) {
+      stream.close();
+      stream = null;
+    }
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && stream === null) {
+      live();
+      changed();
+    }
+  });
 })();
