@@ -62,6 +62,7 @@ bench: $(VENV)/.installed check-compose ## Benchmarks on loopback, real files an
 	$(VENV)/bin/python -m bench.memory
 	$(VENV)/bin/python -m bench.agent
 	$(VENV)/bin/python -m bench.inspector
+	$(VENV)/bin/python -m bench.web
 	$(VENV)/bin/python -m bench.lab
 
 fuzz: $(VENV)/.installed ## The hostile-session battery at full size (MAILLAB_FUZZ_EXAMPLES, 100000)

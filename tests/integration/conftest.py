@@ -400,7 +400,15 @@ def watch_lab(images: dict[str, str]) -> Iterator[Lab]:
     yield from started_lab(images, ("watch",))
 
 
-def started_lab(images: dict[str, str], inspector_command: tuple[str, ...]) -> Iterator[Lab]:
+def started_lab(
+    images: dict[str, str],
+    inspector_command: tuple[str, ...],
+    *,
+    server_env: dict[str, str] | None = None,
+    server_ports: tuple[int, ...] = (),
+    inspector_env: dict[str, str] | None = None,
+) -> Iterator[Lab]:
+    """A lab on fresh volumes and a network of its own, removed when the generator ends."""
     client = docker.from_env()
     volume = client.volumes.create(name=f"maillab-test-{uuid.uuid4().hex[:10]}")
     manifests = client.volumes.create(name=f"{volume.name}-manifests")
@@ -414,9 +422,13 @@ def started_lab(images: dict[str, str], inspector_command: tuple[str, ...]) -> I
             .with_volume_mapping(volume.name, "/forward", "rw")
             .waiting_for(HealthcheckWaitStrategy())
         )
+        for name, value in (server_env or {}).items():
+            server.with_env(name, value)
+        if server_ports:
+            server.with_exposed_ports(*server_ports)
         server.start()
         lab = Lab(network, volume.name, manifests.name, server, None, images, inspector_command)
-        lab.start_inspector()
+        lab.start_inspector(**(inspector_env or {}))
         yield lab
     finally:
         for container in (lab.inspector if lab else None, server):

@@ -16,24 +16,19 @@ import json
 import smtplib
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import docker
 import httpx
 import pytest
-from testcontainers.core.container import DockerContainer
-from testcontainers.core.network import Network
-from testcontainers.core.wait_strategies import HealthcheckWaitStrategy
 
 from maillab_common import manifest
 from maillab_common.forward import Record, parse_records
 from tests.hostile import CONTROL_PAYLOADS, ENCODED_WORD, MARKUP_PAYLOADS, multipart
-from tests.integration.conftest import Lab
+from tests.integration.conftest import Lab, started_lab
 
 pytestmark = pytest.mark.integration
 
@@ -50,33 +45,13 @@ WAIT = 60.0  # seconds a test waits for messages to be catalogued
 def api_lab(images: dict[str, str]) -> Iterator[Lab]:
     """A lab as conftest's `lab`, shared by the module: its server published on a loopback port
     (for raw SMTP) and taking long lines, its inspector serving with the manifest of /verify/latest."""
-    client = docker.from_env()
-    volume = client.volumes.create(name=f"maillab-test-{uuid.uuid4().hex[:10]}")
-    manifests = client.volumes.create(name=f"{volume.name}-manifests")
-    network = Network().create()
-    lab = server = None
-    try:
-        server = (
-            DockerContainer(images["server"])
-            .with_network(network)
-            .with_network_aliases("server")
-            .with_volume_mapping(volume.name, "/forward", "rw")
-            .with_exposed_ports(SMTP_PORT)
-            .with_env("MAILLAB_MAX_LINE_LENGTH", str(LONG_LINES))
-            .waiting_for(HealthcheckWaitStrategy())
-        )
-        server.start()
-        lab = Lab(network, volume.name, manifests.name, server, None, images)
-        lab.start_inspector(MAILLAB_MANIFEST="/manifests/latest.json")
-        yield lab
-    finally:
-        for container in (lab.inspector if lab else None, server):
-            if container is not None:
-                container.stop()
-        network.remove()
-        volume.remove(force=True)
-        manifests.remove(force=True)
-        client.close()
+    yield from started_lab(
+        images,
+        ("serve",),
+        server_env={"MAILLAB_MAX_LINE_LENGTH": str(LONG_LINES)},
+        server_ports=(SMTP_PORT,),
+        inspector_env={"MAILLAB_MANIFEST": "/manifests/latest.json"},
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ no /docs: its UI loads from a CDN, and the lab works offline; the OpenAPI docume
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -187,12 +188,15 @@ class SecurityHeaders:
 
 
 class KnownHostsOnly:
-    """Refuses a request whose Host is not one of `hosts` (421), and a POST or DELETE whose Origin
-    is not (403).
+    """Refuses a request whose Host is neither an IP address nor one of `hosts` (421), and a POST or
+    DELETE whose Origin is neither (403).
 
     A lab on 127.0.0.1 is still reachable from any web page its user visits, through DNS
     rebinding: the page's own name made to point at 127.0.0.1 makes its requests same-origin
-    with the lab, Host and all, and could read every message and delete them. The Host tells.
+    with the lab, Host and all, and could read every message and delete them. The Host tells:
+    it is then the attacker's name. An IP address as the Host cannot be rebound (the page was
+    loaded from that address, the lab's own), so any is answered: 127.0.0.1, and the engine's
+    gateway address where the lab is reached from another container.
     """
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
@@ -205,14 +209,23 @@ class KnownHostsOnly:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         host = _host_name(headers.get("host", ""))
         origin = headers.get("origin")
-        if host not in self.hosts:
+        if not self._known(host):
             answer = JSONResponse({"error": f"this inspector does not answer to the host {host[:80]!r}"}, 421)
-        elif origin is not None and scope["method"] not in ("GET", "HEAD") and _host_name(origin) not in self.hosts:
+        elif origin is not None and scope["method"] not in ("GET", "HEAD") and not self._known(_host_name(origin)):
             answer = JSONResponse({"error": f"requests from {origin[:80]!r} may not change anything"}, 403)
         else:
             await self.app(scope, receive, send)
             return
         await answer(scope, receive, send)
+
+    def _known(self, name: str) -> bool:
+        if name in self.hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
 
 def _host_name(value: str) -> str:
