@@ -164,10 +164,11 @@ def test_an_ingest_that_fails_leaves_neither_rows_nor_positions(catalogue: Catal
 def test_an_entry_already_catalogued_is_skipped(catalogue: Catalogue, forward: Forward) -> None:
     entry = forward.append("a.test")
     catalogue.ingest([entry], forward.position("a.test"))
-    catalogue.ingest([entry, replace(entry, subject="changed")], {"a.test": (1, 2)})
+    ((inode, end),) = forward.position("a.test").values()
+    catalogue.ingest([entry, replace(entry, subject="changed")], {"a.test": (inode, end + 2)})
     assert catalogue.count() == 1
     assert subjects(catalogue.messages().messages) == ["n1"]
-    assert catalogue.positions() == {"a.test": (1, 2)}, "the positions are saved all the same"
+    assert catalogue.positions() == {"a.test": (inode, end + 2)}, "the positions are saved all the same"
     assert catalogue.commits.latest == 1
 
 
@@ -177,8 +178,9 @@ def test_add_and_advance_are_an_ingest_in_two_steps(catalogue: Catalogue, forwar
     assert catalogue.count() == 0, "nothing is written before advance"
     catalogue.advance(forward.position("a.test"))
     assert catalogue.count() == 2 and catalogue.positions() == forward.position("a.test")
-    catalogue.advance({"a.test": (5, 6)})  # nothing pending: only the positions
-    assert catalogue.count() == 2 and catalogue.positions() == {"a.test": (5, 6)}
+    ((inode, end),) = forward.position("a.test").values()
+    catalogue.advance({"a.test": (inode, end + 6)})  # nothing pending: only the positions
+    assert catalogue.count() == 2 and catalogue.positions() == {"a.test": (inode, end + 6)}
 
 
 # ---- listing ---------------------------------------------------------------------------------------------------------
