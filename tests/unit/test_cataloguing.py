@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from maillab_inspector import cataloguing
-from maillab_inspector.catalogue import Catalogue
+from maillab_common.forward import Record
+from maillab_inspector import cataloguing, model
+from maillab_inspector.catalogue import Catalogue, Entry
 from maillab_inspector.cataloguing import CatalogueFeed, CatalogueInUse, catch_up, serving_lock
 from maillab_inspector.tail import ForwardTail
 from tests.helpers import MULTIPART, inspector, record, wait_until
@@ -273,4 +274,25 @@ def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_pat
         file.write(record(200))
     catch_up(catalogue, tail)
     assert every_subject(catalogue) == Counter({"n200": 1, "n6": 1, "n7": 1})
+    catalogue.close()
+
+
+def test_a_message_that_cannot_be_catalogued_is_logged_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    write(forward / "a.test", range(1, 6))
+    entry = model.catalogue_entry
+
+    def failing_on_the_third(name: str, item: Record, inode: int) -> Entry:
+        if b"Subject: n3\n" in item.delivery.message:
+            raise RecursionError("a bug in taking it apart")
+        return entry(name, item, inode)
+
+    monkeypatch.setattr(cataloguing, "catalogue_entry", failing_on_the_third)
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    assert catch_up(catalogue, ForwardTail(forward)) == 4
+    assert every_subject(catalogue) == Counter({"n1": 1, "n2": 1, "n4": 1, "n5": 1})
+    assert "cannot be catalogued" in caplog.text
     catalogue.close()

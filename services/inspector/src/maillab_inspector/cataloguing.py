@@ -94,7 +94,7 @@ def catch_up(
     if total >= POOL_FROM_BYTES and POOL_WORKERS > 1:
         entries_of = _in_pool(batches)
     else:
-        entries_of = ((positions, done, [_entry(item) for item in records]) for positions, done, records in batches)
+        entries_of = ((positions, done, _entries(records)) for positions, done, records in batches)
     catalogued = done_bytes = 0
     for positions, done, entries in entries_of:
         catalogue.ingest(entries, positions)
@@ -131,13 +131,18 @@ def _batches(
         yield positions, covered, records
 
 
-def _entry(pending: Pending) -> Entry:
-    name, inode, record = pending
-    return catalogue_entry(name, record, inode)
+def entry_of(name: str, record: Record, inode: int) -> Entry | None:
+    """The record's catalogue entry; None (logged) should taking it apart raise, which it is meant
+    never to do: one message must not stop the catalogue."""
+    try:
+        return catalogue_entry(name, record, inode)
+    except Exception:
+        log.exception("%s: the message at offset %d cannot be catalogued", name, record.offset)
+        return None
 
 
 def _entries(records: list[Pending]) -> list[Entry]:
-    return [_entry(pending) for pending in records]
+    return [entry for name, inode, record in records if (entry := entry_of(name, record, inode)) is not None]
 
 
 def _in_pool(
@@ -173,7 +178,9 @@ class CatalogueFeed:
     def message(self, name: str, record: Record, waited: float) -> None:
         if not self._pending:
             self._first_at = time.monotonic()
-        self._pending.append(catalogue_entry(name, record, 0))  # its inode comes with the positions
+        entry = entry_of(name, record, 0)  # its inode comes with the positions
+        if entry is not None:
+            self._pending.append(entry)
 
     def tick(self, now: float) -> None:
         pass
