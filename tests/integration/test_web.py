@@ -435,6 +435,7 @@ def hostile_html(port: int) -> str:
         f'<base href="{here}/base/">'
         f'<link rel="stylesheet" href="{here}/link-stylesheet.css">'
         f'<link rel="prefetch" href="{here}/link-prefetch">'
+        f'<link rel="preconnect" href="{here}/preconnect"><link rel="dns-prefetch" href="{here}/dns-prefetch">'
         f"<style>@import url({here}/css-import.css); body {{ background: url({here}/css-url.png); }}"
         f" @font-face {{ font-family: x; src: url({here}/font.woff); }} p {{ font-family: x; }}</style>"
         f'<script src="{here}/script-src.js"></script>'

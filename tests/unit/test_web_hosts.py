@@ -39,3 +39,9 @@ def test_the_preview_neither_preconnects_nor_rebases_nor_refreshes() -> None:
     inert = inert_html(html).lower()
     assert "<link" not in inert.replace("<linkedin>", "") and "<base " not in inert and "<meta" not in inert
     assert "<linkedin>" in inert and "<baseline>" in inert, "other tags that start alike are left alone"
+
+
+def test_the_preview_opens_no_frame() -> None:
+    """Chromium opens a connection to a frame's host before the preview's policy refuses the frame."""
+    inert = inert_html('<iframe src="http://evil.test/"></iframe><FRAME src=//evil.test><iframes>').lower()
+    assert "<iframe " not in inert and "<frame " not in inert and "<iframes>" in inert

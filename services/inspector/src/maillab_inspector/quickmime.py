@@ -86,21 +86,20 @@ def _split(entity: bytes) -> tuple[bytes, bytes]:
 
 def _fields(head: bytes) -> Fields:
     """The header fields, each value with its continuation lines, as the email package's parser keeps them."""
-    fields: Fields = []
+    lines: list[tuple[str, list[str]]] = []  # each field's name, and its value's lines (joined once: linear)
     for line in head.decode("ascii", "surrogateescape").split("\n"):
         if not line:
             continue
         if line[0] in " \t":
-            if not fields:
+            if not lines:
                 raise NotQuick("a continuation line first")
-            name, value = fields[-1]
-            fields[-1] = (name, value + "\n" + line)
+            lines[-1][1].append(line)
             continue
         name, _, value = line.partition(":")
         if not name:
             raise NotQuick("a field without a name")  # the parser drops it, and joins what follows elsewhere
-        fields.append((name, value.lstrip(" \t")))
-    return fields
+        lines.append((name, [value.lstrip(" \t")]))
+    return [(name, "\n".join(value)) for name, value in lines]
 
 
 def _first(fields: Fields) -> dict[str, str]:

@@ -498,8 +498,10 @@ def _sha256(data: bytes) -> str:
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f\"'\\/:*?<>|;%`\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 # <meta> (a refresh navigates the frame), <link> (Chromium opens rel=preconnect and
-# dns-prefetch whatever the Content-Security-Policy says: a read receipt) and <base>.
-_ACTIVE_TAG = re.compile(r"<(meta|link|base)(?=[\t\n\f\r />])", re.IGNORECASE)
+# dns-prefetch whatever the Content-Security-Policy says: a read receipt), <base>, and
+# <iframe>/<frame> (Chromium opens a connection to a frame's host before the policy refuses
+# the frame: a read receipt too, seen with a listener that counts connections).
+_ACTIVE_TAG = re.compile(r"<(meta|link|base|iframe|frame)(?=[\t\n\f\r />])", re.IGNORECASE)
 FILENAME_CHARACTERS = 200
 
 
@@ -525,13 +527,14 @@ def content_disposition(name: str, fallback: str) -> str:
 
 
 def inert_html(html: str) -> str:
-    """The HTML body with every <meta>, <link> and <base> tag made an unknown element.
+    """The HTML body with every <meta>, <link>, <base>, <iframe> and <frame> tag made an unknown element.
 
     A sandboxed frame may still navigate itself, which no Content-Security-Policy forbids,
     and `<meta http-equiv=refresh>` would do so without a click; Chromium opens a
     `<link rel=preconnect>` (and resolves a dns-prefetch) to the sender's server despite the
-    policy. Tag names are matched as an HTML tokenizer does (ASCII case-insensitively, ended
-    by whitespace, / or >); a match in text or a comment only changes text.
+    policy, and opens a connection for a frame before the policy refuses it. Tag names are
+    matched as an HTML tokenizer does (ASCII case-insensitively, ended by whitespace, / or >);
+    a match in text or a comment only changes text.
     """
     return _ACTIVE_TAG.sub(lambda tag: f"<x-{tag[1]}", html)
 
