@@ -172,17 +172,6 @@ def test_an_entry_already_catalogued_is_skipped(catalogue: Catalogue, forward: F
     assert catalogue.commits.latest == 1
 
 
-def test_add_and_advance_are_an_ingest_in_two_steps(catalogue: Catalogue, forward: Forward) -> None:
-    catalogue.add(forward.append("a.test"))
-    catalogue.add(forward.append("a.test"))
-    assert catalogue.count() == 0, "nothing is written before advance"
-    catalogue.advance(forward.position("a.test"))
-    assert catalogue.count() == 2 and catalogue.positions() == forward.position("a.test")
-    ((inode, end),) = forward.position("a.test").values()
-    catalogue.advance({"a.test": (inode, end + 6)})  # nothing pending: only the positions
-    assert catalogue.count() == 2 and catalogue.positions() == {"a.test": (inode, end + 6)}
-
-
 # ---- listing ---------------------------------------------------------------------------------------------------------
 
 

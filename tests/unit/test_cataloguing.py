@@ -27,6 +27,13 @@ from tests.helpers import MULTIPART, inspector, record, wait_until
 from tests.unit.conftest import free_port
 
 
+@pytest.fixture
+def forward(tmp_path: Path) -> Path:
+    """An empty forward folder."""
+    (tmp_path / "forward").mkdir()
+    return tmp_path / "forward"
+
+
 def write(path: Path, numbers: range) -> None:
     with open(path, "ab") as file:
         file.write(b"".join(record(number) for number in numbers))
@@ -44,9 +51,7 @@ def every_subject(catalogue: Catalogue) -> Counter[str]:
             return subjects
 
 
-def test_the_backlog_is_catalogued_once_and_then_only_what_is_new(tmp_path: Path) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
+def test_the_backlog_is_catalogued_once_and_then_only_what_is_new(tmp_path: Path, forward: Path) -> None:
     write(forward / "a.test", range(1, 301))
     write(forward / "b.test", range(301, 351))
     catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
@@ -64,9 +69,9 @@ def test_the_backlog_is_catalogued_once_and_then_only_what_is_new(tmp_path: Path
     catalogue.close()
 
 
-def test_the_pool_catalogues_what_this_process_would(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
+def test_the_pool_catalogues_what_this_process_would(
+    tmp_path: Path, forward: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(forward / "a.test", range(1, 700))
     with open(forward / "b.test", "wb") as file:
         file.write(record(0, MULTIPART) + b"From damaged bytes\n" + record(700))
@@ -82,9 +87,7 @@ def test_the_pool_catalogues_what_this_process_would(tmp_path: Path, monkeypatch
     pooled.close()
 
 
-def test_a_feed_writes_at_once_when_nothing_waits_and_in_batches_when_records_do(tmp_path: Path) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
+def test_a_feed_writes_at_once_when_nothing_waits_and_in_batches_when_records_do(tmp_path: Path, forward: Path) -> None:
     write(forward / "a.test", range(1, 4))
     catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
     waiting = [5]
@@ -241,9 +244,7 @@ def test_reindex_refuses_a_served_catalogue_and_rebuilds_the_same_answers(tmp_pa
     assert again.get("/messages?limit=1000") == before
 
 
-def test_list_takes_a_query_over_the_catalogue(tmp_path: Path) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
+def test_list_takes_a_query_over_the_catalogue(tmp_path: Path, forward: Path) -> None:
     write(forward / "a.test", range(1, 31))
     path = str(tmp_path / "catalogue.sqlite3")
     missing = inspector(forward, "list", "--query", "n7", "--catalogue", path)
@@ -258,9 +259,7 @@ def test_list_takes_a_query_over_the_catalogue(tmp_path: Path) -> None:
     assert malformed.returncode == 2 and "at character 11" in malformed.stderr, malformed.stderr
 
 
-def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_path: Path) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
+def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_path: Path, forward: Path) -> None:
     write(forward / "a.test", range(1, 6))
     write(forward / "b.test", range(6, 8))
     catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
@@ -278,10 +277,8 @@ def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_pat
 
 
 def test_a_message_that_cannot_be_catalogued_is_logged_and_the_rest_go_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, forward: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    forward = tmp_path / "forward"
-    forward.mkdir()
     write(forward / "a.test", range(1, 6))
     entry = model.catalogue_entry
 

@@ -214,7 +214,7 @@ def serve(
         tail, positions = open_tail(root, state_file, from_start=False)
     except CatalogueInUse as exc:
         fail(str(exc), 1)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SchemaMismatch) as exc:
         fail(f"cannot start (forward folder {root}, state {state_file}, catalogue {catalogue_path}): {exc}")
     hosts = (*LOOPBACK_NAMES, *config.http_hosts)
     http = HttpServer(create_app(catalogue, root, config.manifest, hosts=hosts), address, config.http_ready_file)
@@ -256,7 +256,7 @@ def reindex(
     try:
         remove_catalogue(path)
         catalogue, _ = open_catalogue(path)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, SchemaMismatch) as exc:
         lock.close()
         fail(f"cannot make the catalogue {path}: {exc}")
     columns = (TextColumn("cataloguing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())

@@ -282,7 +282,6 @@ class Catalogue:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self._pending: list[Entry] = []
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -377,15 +376,6 @@ class Catalogue:
         """For each forward file: its inode and the offset up to which its records are catalogued."""
         rows = self._connection().execute("SELECT file, inode, offset FROM positions").fetchall()
         return {str(name): (int(inode), int(offset)) for name, inode, offset in rows}
-
-    def add(self, entry: Entry) -> None:
-        """Queue `entry` for the next `advance` (from the ingest thread only)."""
-        self._pending.append(entry)
-
-    def advance(self, positions: Mapping[str, tuple[int, int]]) -> None:
-        """Write the queued entries and these positions together (a Watcher's position store)."""
-        self.ingest(self._pending, positions)
-        self._pending = []
 
     def ingest(self, entries: Sequence[Entry], positions: Mapping[str, tuple[int, int]]) -> None:
         """Catalogue `entries` (any already there are left as they are) and save `positions`, in one transaction."""
