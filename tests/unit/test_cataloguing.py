@@ -12,18 +12,20 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from maillab_common.forward import Record
+from maillab_common.forward import Record, render_record
 from maillab_inspector import cataloguing, model
 from maillab_inspector.catalogue import Catalogue, Entry
 from maillab_inspector.cataloguing import CatalogueFeed, CatalogueInUse, catch_up, serving_lock
 from maillab_inspector.tail import ForwardTail
-from tests.helpers import MULTIPART, inspector, record, wait_until
+from tests.helpers import BASE, MULTIPART, inspector, record, wait_until
 from tests.unit.conftest import free_port
 
 
@@ -66,6 +68,40 @@ def test_the_backlog_is_catalogued_once_and_then_only_what_is_new(tmp_path: Path
     tail.restore(catalogue.positions())
     assert catch_up(catalogue, tail) == 10, "only what was appended since"
     assert every_subject(catalogue) == Counter({f"n{number}": 1 for number in range(1, 361)})
+    catalogue.close()
+
+
+def received_at(numbers: range, seconds: Callable[[int], int]) -> bytes:
+    """Records of `numbers`, each received `seconds(number)` after BASE's time."""
+    return b"".join(
+        render_record(
+            replace(
+                BASE,
+                transaction_id=f"{n:04X}",
+                received_at=BASE.received_at + timedelta(seconds=seconds(n)),
+                message=f"Subject: n{n}\nMessage-ID: <{n}@x.test>\n\nbody {n}\n".encode(),
+            )
+        )
+        for n in numbers
+    )
+
+
+@pytest.mark.parametrize("merged_files", [16, 2])
+def test_the_backlog_is_catalogued_in_the_order_received_across_files(
+    tmp_path: Path, forward: Path, monkeypatch: pytest.MonkeyPatch, merged_files: int
+) -> None:
+    # Three files whose messages interleave in time: newest first is the order received, not file by file.
+    for index, name in enumerate(("a.test", "b.test", "c.test")):
+        (forward / name).write_bytes(received_at(range(index, 90, 3), lambda n: n))
+    monkeypatch.setattr(cataloguing, "MERGED_FILES", merged_files)
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    assert catch_up(catalogue, ForwardTail(forward)) == 90
+    subjects = [message.subject for message in catalogue.messages(limit=100).messages]
+    if merged_files >= 3:
+        assert subjects == [f"n{n}" for n in reversed(range(90))]
+    else:  # a.test and b.test merged, then c.test: each group in order
+        merged = [f"n{n}" for n in reversed(range(90)) if n % 3 != 2]
+        assert subjects == [f"n{n}" for n in reversed(range(2, 90, 3))] + merged
     catalogue.close()
 
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from maillab_inspector.catalogue import SCHEMA, normal_address
-from maillab_inspector.query import MAX_LENGTH, MAX_TERMS, Query, QuerySyntaxError, Term, parse, to_sql
+from maillab_inspector.catalogue import SCHEMA, address_domain, normal_address
+from maillab_inspector.query import MAX_LENGTH, MAX_TERMS, Query, QuerySyntaxError, Term, parse, to_seq_set, to_sql
 
 
 def epoch(iso: str) -> int:
@@ -47,8 +47,12 @@ def add_message(
     }  # fmt: skip
     db.execute(f"INSERT INTO messages ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     if mail_from:  # the null sender ('') has no address
-        db.execute("INSERT INTO addresses VALUES (?, 'from', ?)", [seq, normal_address(mail_from)])
-    db.executemany("INSERT INTO addresses VALUES (?, 'to', ?)", [(seq, normal_address(address)) for address in to])
+        address = normal_address(mail_from)
+        db.execute("INSERT INTO addresses VALUES (?, 'from', ?, ?)", [seq, address, address_domain(address)])
+    db.executemany(
+        "INSERT INTO addresses VALUES (?, 'to', ?, ?)",
+        [(seq, normal_address(a), address_domain(normal_address(a))) for a in to],
+    )
     db.executemany(
         "INSERT INTO attachments VALUES (?, ?, ?, 'application/octet-stream', 1, '')",
         [(seq, index, name) for index, name in enumerate(attachments)],
@@ -88,8 +92,17 @@ def db() -> Iterator[sqlite3.Connection]:
 
 
 def selected(db: sqlite3.Connection, text: str) -> set[int]:
+    """The seqs the query selects; checked against the set of the full-text and address tables where it has one."""
     condition, parameters = to_sql(parse(text))
-    return {seq for (seq,) in db.execute(f"SELECT seq FROM messages AS m WHERE {condition}", parameters)}
+    seqs = {seq for (seq,) in db.execute(f"SELECT seq FROM messages AS m WHERE {condition}", parameters)}
+    from_indexes = to_seq_set(parse(text))
+    if from_indexes is not None:
+        assert from_indexes.sql.count("?") == len(from_indexes.parameters)
+        rows = db.execute(from_indexes.sql, from_indexes.parameters).fetchall()
+        if not from_indexes.repeats:
+            assert len(rows) == len(set(rows)), "each message once: the catalogue counts these rows"
+        assert {seq for (seq,) in rows} == seqs, f"to_seq_set disagrees with to_sql for {text!r}"
+    return seqs
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
@@ -295,6 +308,11 @@ SELECTED = [
     ("message-id:<<four>@x.test>", {4}),
     # everything together
     ("to:x.test -has:attachment password", {2}),
+    # words and addresses together (answered from the full-text and address tables alone)
+    ("to:x.test password", {1, 2}),
+    ("to:x.test subject:weekly password", {2}),
+    ("from:y.test to:a@x.test", {1}),
+    ('to:sub.x.test to:x.test.evil "literal and"', {3}),
 ]
 
 
@@ -384,3 +402,4 @@ def test_any_text_is_a_query_that_runs_or_a_syntax_error(db: sqlite3.Connection,
     condition, parameters = to_sql(query)
     assert condition.count("?") == len(parameters)
     db.execute(f"SELECT count(*) FROM messages AS m WHERE {condition}", parameters).fetchone()
+    selected(db, text)  # and the set from the indexes, where there is one, is the same

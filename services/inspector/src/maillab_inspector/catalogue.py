@@ -57,7 +57,7 @@ __all__ = [
     "normal_address",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 
 # The deleted messages alone, to count the visible ones from indexes (Catalogue._total).
@@ -81,12 +81,15 @@ CREATE TABLE messages (
   problem TEXT NOT NULL,
   deleted INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX messages_order ON messages (received, domain, offset);
-CREATE INDEX messages_domain_order ON messages (domain, received, offset);
+CREATE INDEX messages_domain ON messages (domain);
+CREATE INDEX messages_domain_received ON messages (domain, received);
+CREATE INDEX messages_received ON messages (received);
 CREATE INDEX messages_message_id ON messages (message_id);
 {_DELETED_INDEX};
-CREATE TABLE addresses (seq INTEGER NOT NULL, role TEXT NOT NULL, address TEXT NOT NULL);
-CREATE INDEX addresses_lookup ON addresses (role, address);
+CREATE TABLE addresses (seq INTEGER NOT NULL, role TEXT NOT NULL, address TEXT NOT NULL, domain TEXT NOT NULL);
+CREATE INDEX addresses_lookup ON addresses (role, address, seq);
+CREATE INDEX addresses_domain ON addresses (role, domain, seq);
+CREATE INDEX addresses_seq ON addresses (seq);
 CREATE TABLE attachments (seq INTEGER NOT NULL, idx INTEGER NOT NULL, filename TEXT NOT NULL,
   content_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (seq, idx));
 CREATE INDEX attachments_filename ON attachments (filename COLLATE NOCASE);
@@ -98,7 +101,10 @@ _SUMMARY_COLUMNS = (
     "m.seq, m.id, m.domain, m.received, m.mail_from, m.rcpt_to, m.header_from, m.header_to, m.header_cc, "
     "m.subject, m.date, m.message_id, m.size, m.snippet, m.attachment_count, m.problem"
 )
-_NEWEST_FIRST = "ORDER BY m.received DESC, m.domain DESC, m.offset DESC"
+# Newest first is last catalogued first: the feed catalogues messages as they land, and the
+# backlog is read in the order received, all files merged (cataloguing.catch_up); the seq is
+# also the one key that the full-text index and the address index hand back in order.
+_NEWEST_FIRST = "ORDER BY m.seq DESC"
 
 
 class SchemaMismatch(Exception):
@@ -116,6 +122,12 @@ def normal_address(address: str) -> str:
     """
     local, at, domain = address.strip().rpartition("@")
     return f"{local}@{domain.lower()}" if at else address.strip()
+
+
+def address_domain(address: str) -> str:
+    """The domain of a normal address ('' where it has none), as `to:x.test` looks it up."""
+    local, at, domain = address.rpartition("@")
+    return domain if at and local else ""
 
 
 def iso_time(epoch: int) -> str:
@@ -254,20 +266,21 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def encode_cursor(received: int, domain: str, offset: int) -> str:
-    text = json.dumps([received, domain, offset], separators=(",", ":"))
+def encode_cursor(seq: int) -> str:
+    """The cursor of the page after the message `seq`: opaque to clients, so that what it holds may change."""
+    text = json.dumps(["after", seq], separators=(",", ":"))
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, str, int]:
+def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        received, domain, offset = json.loads(text)
+        kind, seq = json.loads(text)
     except (ValueError, TypeError, binascii.Error) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise BadCursor(f"not a page cursor: {cursor[:80]!r}") from exc
-    if not (_is_int(received) and isinstance(domain, str) and _is_int(offset)):
+    if kind != "after" or not _is_int(seq):
         raise BadCursor(f"not a page cursor: {cursor[:80]!r}")
-    return received, domain, offset
+    return int(seq)
 
 
 def _is_int(value: object) -> bool:
@@ -396,10 +409,7 @@ class Catalogue:
         """Hide every visible message that matches; how many. Published, so that waiters look again."""
         condition, params = _condition(query, domain)
         with self._write() as db:
-            deleted = db.execute(
-                f"UPDATE messages SET deleted = 1 WHERE seq IN (SELECT m.seq FROM messages AS m WHERE {condition})",
-                params,
-            ).rowcount
+            deleted = _hide(db, condition, params)
         self.commits.publish(self.commits.latest)
         return deleted
 
@@ -409,28 +419,13 @@ class Catalogue:
         self, query: Query | None = None, domain: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page:
         """A page of the matching messages, newest first, after `cursor` (a page's `next_cursor`)."""
-        condition, params = _condition(query, domain)
-        after: list[object] = []
-        page_condition = condition
-        if cursor is not None:
-            received, cursor_domain, offset = decode_cursor(cursor)
-            page_condition += " AND (m.received, m.domain, m.offset) < (?, ?, ?)"
-            after = [received, cursor_domain, offset]
+        before = decode_cursor(cursor) if cursor is not None else 2**63 - 1
         limit = max(1, limit)
         with self._read() as db:
             total = self._total(query, domain)
-            # The page's seqs first, then their rows: sorting every match with all its columns
-            # costs about twice as much (several times as much where thousands match).
-            rows = db.execute(
-                f"SELECT {_SUMMARY_COLUMNS}, m.offset FROM messages AS m WHERE m.seq IN "
-                f"(SELECT m.seq FROM messages AS m WHERE {page_condition} {_NEWEST_FIRST} LIMIT ?) {_NEWEST_FIRST}",
-                [*params, *after, limit + 1],
-            ).fetchall()
+            rows = db.execute(*_page(query, domain, before, limit + 1)).fetchall()
         page = [_summary(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = encode_cursor(last[3], last[2], last[-1])
+        next_cursor = encode_cursor(page[-1].seq) if len(rows) > limit else None
         return Page(total=total, messages=page, next_cursor=next_cursor)
 
     def count(self, query: Query | None = None, domain: str | None = None, after: int = 0) -> int:
@@ -475,7 +470,7 @@ class Catalogue:
             # column is in no index but the deleted ones'), where the visible ones would each be
             # looked up in the table.
             every = db.execute(
-                "SELECT domain, count(*), max(received) FROM messages INDEXED BY messages_domain_order "
+                "SELECT domain, count(*), max(received) FROM messages INDEXED BY messages_domain_received "
                 "GROUP BY domain ORDER BY domain"
             ).fetchall()
             deleted = dict(
@@ -533,6 +528,13 @@ class Catalogue:
         """How many visible messages match. Without a query: every message less the deleted
         ones, each counted from an index alone (a count of the visible ones would look each up)."""
         if query is not None and query.terms:
+            from maillab_inspector import query as query_syntax  # query.py imports nothing of this module
+
+            visible = query_syntax.to_seq_set(query) if domain is None else None
+            if visible is not None:  # only visible messages are in the tables it reads (_hide)
+                counted = "DISTINCT seq" if visible.repeats else "*"
+                sql = f"SELECT count({counted}) FROM ({visible.sql})"
+                return int(self._connection().execute(sql, visible.parameters).fetchone()[0])
             return self._count(*_condition(query, domain))
         db = self._connection()
         if domain is None:
@@ -550,6 +552,27 @@ class Catalogue:
     def _count(self, condition: str, params: Sequence[object]) -> int:
         row = self._connection().execute(f"SELECT count(*) FROM messages AS m WHERE {condition}", params).fetchone()
         return int(row[0])
+
+
+def _page(query: Query | None, domain: str | None, before: int, limit: int) -> tuple[str, list[object]]:
+    """The SELECT of the matching messages' summaries with a seq below `before`, newest first, at most `limit`."""
+    from maillab_inspector import query as query_syntax  # query.py imports nothing of this module
+
+    visible = query_syntax.to_seq_set(query) if query is not None and domain is None else None
+    if visible is not None and visible.ordered:
+        # The page's seqs straight from the full-text or address index, read newest first and
+        # stopped at the page's end: no list of every match to sort (a word in every message).
+        distinct = "DISTINCT " if visible.repeats else ""
+        seqs = f"SELECT {distinct}seq FROM ({visible.sql}) WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        return (
+            f"SELECT {_SUMMARY_COLUMNS} FROM messages AS m WHERE m.deleted = 0 AND m.seq IN ({seqs}) {_NEWEST_FIRST}",
+            [*visible.parameters, before, limit],
+        )
+    condition, params = _condition(query, domain)
+    return (
+        f"SELECT {_SUMMARY_COLUMNS} FROM messages AS m WHERE {condition} AND m.seq < ? {_NEWEST_FIRST} LIMIT ?",
+        [*params, before, limit],
+    )
 
 
 def _condition(query: Query | None, domain: str | None) -> tuple[str, list[object]]:
@@ -575,7 +598,21 @@ def _hide_restarted(db: sqlite3.Connection, positions: Mapping[str, tuple[int, i
         saved = db.execute("SELECT inode, offset FROM positions WHERE file = ?", (name,)).fetchone()
         if saved is not None and (saved[0] != inode or offset < saved[1]):
             log.warning("%s was replaced or cut: hiding the messages catalogued from it before", name)
-            db.execute("UPDATE messages SET deleted = 1 WHERE domain = ? AND deleted = 0", (name,))
+            _hide(db, "m.domain = ? AND m.deleted = 0", [name])
+
+
+def _hide(db: sqlite3.Connection, condition: str, params: Sequence[object]) -> int:
+    """Tombstone the messages `condition` holds for, and take them out of the full-text and
+    address indexes: those then hold the visible messages alone, so that a search of them
+    alone needs no look at a message's row to count (Catalogue._total). How many."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS hiding (seq INTEGER PRIMARY KEY)")
+    db.execute("DELETE FROM temp.hiding")
+    db.execute(f"INSERT INTO temp.hiding SELECT m.seq FROM messages AS m WHERE {condition}", params)
+    db.execute("DELETE FROM message_text WHERE rowid IN (SELECT seq FROM temp.hiding)")
+    db.execute("DELETE FROM addresses WHERE seq IN (SELECT seq FROM temp.hiding)")
+    hidden = db.execute("UPDATE messages SET deleted = 1 WHERE seq IN (SELECT seq FROM temp.hiding)").rowcount
+    db.execute("DELETE FROM temp.hiding")
+    return int(hidden)
 
 
 def _insert(db: sqlite3.Connection, entry: Entry) -> int:
@@ -614,8 +651,9 @@ def _insert(db: sqlite3.Connection, entry: Entry) -> int:
     recipients = [normal_address(address) for address in (*entry.rcpt_to, *entry.to_addresses)]
     senders, recipients = list(dict.fromkeys(senders)), list(dict.fromkeys(recipients))
     db.executemany(
-        "INSERT INTO addresses (seq, role, address) VALUES (?, ?, ?)",
-        [(seq, "from", address) for address in senders] + [(seq, "to", address) for address in recipients],
+        "INSERT INTO addresses (seq, role, address, domain) VALUES (?, ?, ?, ?)",
+        [(seq, "from", address, address_domain(address)) for address in senders]
+        + [(seq, "to", address, address_domain(address)) for address in recipients],
     )
     db.executemany(
         "INSERT INTO attachments (seq, idx, filename, content_type, size, sha256) VALUES (?, ?, ?, ?, ?, ?)",

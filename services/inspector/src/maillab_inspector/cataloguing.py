@@ -42,6 +42,9 @@ BATCH_SECONDS = 0.05  # and the longest the first of them waits for the others
 POOL_FROM_BYTES = 8 * 1024 * 1024
 POOL_BATCH = 256  # records a worker takes apart at a time
 POOL_WORKERS = 2
+# Forward files read side by side by the backlog, so that it catalogues their records in the
+# order received: each holds an open file and a chunk of up to tail.READ_CHUNK bytes.
+MERGED_FILES = 16
 
 Progress = Callable[[int, int], object]  # (bytes done, bytes in all)
 Positions = dict[str, tuple[int, int]]
@@ -90,7 +93,7 @@ def catch_up(
     now, or until `stopping()`; the number of messages catalogued."""
     total = backlog_bytes(tail)
     progress(0, total)
-    batches = _batches(tail.poll_all(), tail, stopping)
+    batches = _batches(tail.poll_all_as_received(MERGED_FILES), tail, stopping)
     if total >= POOL_FROM_BYTES and POOL_WORKERS > 1:
         entries_of = _in_pool(batches)
     else:

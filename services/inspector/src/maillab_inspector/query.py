@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from maillab_common.addresses import InvalidAddress, normalise_domain
 
-MAX_LENGTH = 4096  # characters of query text: keeps every LIKE pattern and FTS string small
+MAX_LENGTH = 4096  # characters of query text: keeps every FTS string small
 MAX_TERMS = 64  # an AND of terms nests in SQLite's expression tree, which allows a depth of 1000
 MAX_BYTES = 2**63 - 1  # the largest size SQLite's INTEGER holds
 
@@ -208,22 +208,67 @@ def _subject(value: str) -> Condition:
 
 def _address(role: str) -> Callable[[str], Condition]:
     def build(value: str) -> Condition:
-        address = _unbracketed(value)
-        local, at, domain = address.rpartition("@")
-        if not at or not local:  # x.test or @x.test: every address at that domain
-            domain = domain.lower()
-            if not domain:
-                raise _BadValue(f"{role}: needs an address or a domain")
-            pattern = "%@" + domain.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            return "m.seq IN (SELECT seq FROM addresses WHERE role = ? AND address LIKE ? ESCAPE '\\')", [role, pattern]
-        if not domain:
-            raise _BadValue(f"{value!r} has no domain after its @")
-        # The catalogue stores addresses the same way (catalogue.normal_address): the local part
-        # as it is, the domain in lower case; so this is an exact match on the whole address.
-        whole = f"{local}@{domain.lower()}"
-        return "m.seq IN (SELECT seq FROM addresses WHERE role = ? AND address = ?)", [role, whole]
+        sql, values = _address_seqs(role, value)
+        return f"m.seq IN ({sql})", values
 
     return build
+
+
+def _address_seqs(role: str, value: str) -> Condition:
+    """The seqs of the messages with the address `value`, or with any address at the domain `value`, in `role`."""
+    address = _unbracketed(value)
+    local, at, domain = address.rpartition("@")
+    if not at or not local:  # x.test or @x.test: every address at that domain
+        domain = domain.lower()
+        if not domain:
+            raise _BadValue(f"{role}: needs an address or a domain")
+        # The catalogue keeps each address's domain, lowercased, beside it (catalogue.address_domain).
+        return "SELECT seq FROM addresses WHERE role = ? AND domain = ?", [role, domain]
+    if not domain:
+        raise _BadValue(f"{value!r} has no domain after its @")
+    # The catalogue stores addresses the same way (catalogue.normal_address): the local part
+    # as it is, the domain in lower case; so this is an exact match on the whole address.
+    return "SELECT seq FROM addresses WHERE role = ? AND address = ?", [role, f"{local}@{domain.lower()}"]
+
+
+@dataclass(frozen=True)
+class SeqSet:
+    """The seqs of the messages a query matches, as one SELECT of a column `seq`."""
+
+    sql: str
+    parameters: list[object]
+    repeats: bool  # a message may come more than once (several of its addresses at one domain)
+    ordered: bool  # one table's rows, which `WHERE seq < ? ORDER BY seq DESC LIMIT ?` around it reads in that order
+
+
+def to_seq_set(query: Query) -> SeqSet | None:
+    """The query as a SELECT over the full-text and address tables alone, when every term can be
+    answered from them (words, phrases, subject:, from:, to:, none negated); None when one cannot.
+    The catalogue keeps only visible messages in those tables, so that it can count the matches
+    and page through them newest first without a look at each one's row."""
+    phrases: list[str] = []
+    selects: list[Condition] = []
+    for term in query.terms:
+        if term.negated:
+            return None
+        if term.field is None:
+            phrases.append(_fts_string(term.value))
+        elif term.field == "subject":
+            phrases.append("subject : " + _fts_string(term.value))
+        elif term.field in ("from", "to"):
+            selects.append(_address_seqs(term.field, term.value))
+        else:
+            return None
+    if phrases:  # one MATCH for them all: FTS5 intersects them itself, in rowid order
+        match = " AND ".join(f"({phrase})" for phrase in phrases)
+        selects.insert(0, ("SELECT rowid AS seq FROM message_text WHERE message_text MATCH ?", [match]))
+    if len(selects) == 1:
+        ((sql, parameters),) = selects
+        return SeqSet(sql, parameters, repeats=not phrases, ordered=True)
+    if not selects:
+        return None
+    parameters = [value for _, values in selects for value in values]
+    return SeqSet(" INTERSECT ".join(sql for sql, _ in selects), parameters, repeats=False, ordered=False)
 
 
 def _domain(value: str) -> Condition:

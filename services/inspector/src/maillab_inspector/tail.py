@@ -18,12 +18,14 @@ locks and reads.
 from __future__ import annotations
 
 import fcntl
+import heapq
 import logging
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from maillab_common.forward import Damaged, Record, parse_records
@@ -102,6 +104,16 @@ class ForwardTail:
         """The records appended to any file since it was last read; unchanged files are not opened."""
         for name in sorted(self._changed_files()):
             yield from self.poll(name)
+
+    def poll_all_as_received(self, merged_files: int) -> Iterator[tuple[str, Record | Damaged]]:
+        """As `poll_all`, with the records of up to `merged_files` files at a time merged in the order
+        they were received (each file's own are in that order already): each merged file holds an
+        open file and up to READ_CHUNK bytes. Damaged bytes come where they lie in their file."""
+        names = sorted(self._changed_files())
+        for start in range(0, len(names), max(1, merged_files)):
+            streams = [_received_keyed(self.poll(name)) for name in names[start : start + max(1, merged_files)]]
+            for _, name, item in heapq.merge(*streams, key=itemgetter(0)):
+                yield name, item
 
     def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
         """The records appended to `name` since the last poll."""
@@ -182,6 +194,15 @@ class ForwardTail:
         except FileNotFoundError:
             return []
         return changed
+
+
+def _received_keyed(items: Iterator[tuple[str, Record | Damaged]]) -> Iterator[tuple[float, str, Record | Damaged]]:
+    """Each item with the time its record was received; damaged bytes with the time of the record before them."""
+    received = 0.0
+    for name, item in items:
+        if isinstance(item, Record):
+            received = item.delivery.received_at.timestamp()
+        yield received, name, item
 
 
 def _read_chunk(fd: int, offset: int) -> bytes:
