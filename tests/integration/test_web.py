@@ -393,10 +393,13 @@ def test_the_page_keeps_working_after_many_visits_in_one_tab(
 
 
 class Listener:
-    """An HTTP server on every interface of this machine that records each request it gets."""
+    """An HTTP server on every interface of this machine that records each request it gets, and
+    counts each connection: a browser may connect (a preconnect, a frame's host) and send nothing,
+    which still tells the sender that the message was opened."""
 
     def __init__(self) -> None:
         hits: list[str] = []
+        connections: list[str] = []
 
         class Record(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -411,8 +414,13 @@ class Listener:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.hits = hits
-        self.server = ThreadingHTTPServer(("0.0.0.0", 0), Record)
+        class Counting(ThreadingHTTPServer):
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                connections.append(str(client_address))
+                return True
+
+        self.hits, self.connections = hits, connections
+        self.server = Counting(("0.0.0.0", 0), Record)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -481,6 +489,7 @@ def test_hostile_html_runs_nothing_and_makes_no_request_outside_the_lab(web_lab:
         # The listener answers on this machine's loopback: a request from the browser would reach it.
         with socket.create_connection(("127.0.0.1", listener.port), timeout=5):
             pass
+        retry_until(lambda: len(listener.connections) == 1, 5, "the listener to count this test's own connection")
         here = f"http://127.0.0.1:{listener.port}"
         # Markup in the subject and a header too: the list, the message's head and its headers show it as text.
         subject = f'hostile <img src="{here}/subject.png" onerror="document.title=\'PWNED\'"><b>html</b>'
@@ -523,6 +532,8 @@ def test_hostile_html_runs_nothing_and_makes_no_request_outside_the_lab(web_lab:
             browser.switch_to.default_content()
         time.sleep(QUIET)
         assert listener.hits == [], f"the message made the browser call out: {listener.hits}"
+        # Not even a connection without a request (a read receipt all the same): only the test's own.
+        assert len(listener.connections) == 1, f"the browser connected to the sender: {listener.connections[1:]}"
 
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 -- reading it is what finds an open alert
