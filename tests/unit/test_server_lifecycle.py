@@ -138,6 +138,24 @@ def test_sigterm_lets_a_message_finish_and_answers_421_to_the_rest(
         dialog.socket.close()
 
 
+def test_connections_closed_before_their_greeting_give_their_place_back(
+    server_process: tuple[subprocess.Popen[str], int, Path],
+) -> None:
+    # A port probe or a scan connects and closes at once. Each must give its place back, or more
+    # of them than the limit (100) lock every client out until the idle timeout (found by a probe).
+    _, port, _ = server_process
+    for _ in range(150):
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+    def greeted() -> bool:
+        connection, greeting = greeting_of(("127.0.0.1", port))
+        connection.close()
+        return greeting.startswith(b"220 ")
+
+    # Within seconds (the server may still be taking the probes in), where the idle timeout is 5 minutes.
+    wait_until(greeted, "a greeting after the probes")
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

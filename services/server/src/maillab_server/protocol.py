@@ -162,6 +162,15 @@ class LabSMTP(SMTPBase):
         self._sessions.open.discard(self)
         super().connection_lost(error)
 
+    def eof_received(self) -> bool | None:
+        # aiosmtpd ends the session at the client's EOF but keeps the connection half open, and so
+        # counted: a client that connects and closes before its greeting was sent (a port probe)
+        # held its place (CLOSE-WAIT) until the idle timeout, and 100 of them locked the server.
+        # Nothing more can come from the client: close.
+        if not self.refused:
+            super().eof_received()
+        return False
+
     @syntax("AUTH <mechanism>", when="auth_enabled")
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.auth_enabled:
