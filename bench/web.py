@@ -177,6 +177,20 @@ def server_running(forward: Path) -> Iterator[int]:
         stop_process(server)
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes that `pid` started, and theirs (serve's catalogue process), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak RSS (VmHWM) of `pid` and of every process under it, added up: serve and its catalogue process."""
+    return sum(memory_kib(process, "VmHWM") for process in [pid, *descendants(pid)]) / 1024
+
+
 def get_json(connection: http.client.HTTPConnection, path: str) -> tuple[int, dict[str, object]]:
     connection.request("GET", path)
     response = connection.getresponse()
@@ -256,7 +270,7 @@ def queries(work: Path, forward: Path, catalogue: Path, messages: int, requests:
             times = timed_gets(connection, list(paths.values()), max(1, requests // len(paths)))
         finally:
             connection.close()
-        rss = memory_kib(inspector.process.pid, "VmHWM") / 1024
+        rss = peak_rss_mib(inspector.process.pid)
     searches = {name: times[path] for name, path in paths.items()}
     return QueryTimes(page=page, searches=searches, texts=texts, totals=totals, rss_mib=rss)
 
@@ -555,7 +569,7 @@ def ingest(work: Path, seconds: float, senders: int, connections: int, drain: fl
             time.sleep(0.1)
         arrived = dict(events.arrived)
         events.close()
-        rss = memory_kib(inspector.process.pid, "VmHWM") / 1024
+        rss = peak_rss_mib(inspector.process.pid)
     lags = {key: arrived[key] - at for key, at in acked.items() if key in arrived}
     slices = []
     for begin in range(0, int(seconds), 10):
@@ -652,7 +666,8 @@ def main() -> None:
                 f"| p50 <= 20 ms, p99 <= 100 ms: {verdict(met)} |"
             )
             print(
-                f"| peak RSS of `inspector serve` (VmHWM) after the above | {found.rss_mib:.0f} MiB "
+                "| peak RSS of `inspector serve` and its catalogue process (VmHWM, added) after the above "
+                f"| {found.rss_mib:.0f} MiB "
                 f"| <= 150 MiB: {verdict(found.rss_mib <= 150)} |"
             )
         shutil.rmtree(forward, ignore_errors=True)  # 200+ MiB less on the disk for the cases below
@@ -700,7 +715,10 @@ def main() -> None:
                 f"| the same, whole run: p50, p99, max; p99 of each 10 s | {ms(run.lags)}, "
                 f"max {max(run.lags, default=float('nan')) * 1000:.0f} ms; {every_slice} ms | |"
             )
-            print(f"| peak RSS of `inspector serve` (VmHWM) after the ingest | {run.rss_mib:.0f} MiB | |")
+            print(
+                "| peak RSS of `inspector serve` and its catalogue process (VmHWM, added) after the ingest "
+                f"| {run.rss_mib:.0f} MiB | |"
+            )
     load = os.getloadavg()
     print()
     print(

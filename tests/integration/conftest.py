@@ -456,6 +456,7 @@ def compose(
     # Its own project name and port, so that a lab started with `make up` is left alone.
     monkeypatch.setenv("COMPOSE_PROJECT_NAME", f"maillab-test-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("MAILLAB_SMTP_PORT", str(free_port()))
+    monkeypatch.setenv("MAILLAB_CLASSROOM_PORT", str(free_port()))
     monkeypatch.setenv("MAILLAB_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("MAILLAB_PYTHON_IMAGE", base_image)
     for name, value in compose_settings.items():

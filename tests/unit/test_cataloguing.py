@@ -215,6 +215,43 @@ def serving(tmp_path: Path) -> Iterator[list[Serve]]:
             serve.stop(signal.SIGKILL)
 
 
+def catalogue_processes(pid: int) -> list[int]:
+    """The processes `pid` spawned to run code of its own (multiprocessing's resource tracker is not one)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    spawned = [int(child) for task in tasks for child in (task / "children").read_text().split()]
+    return [child for child in spawned if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_serve_stops_with_an_error_when_its_catalogue_process_ends(tmp_path: Path, serving: list[Serve]) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    serving.append(serve := Serve(forward, state))
+    (catalogue_process,) = catalogue_processes(serve.process.pid)
+    os.kill(catalogue_process, signal.SIGKILL)
+    assert serve.process.wait(timeout=30) == 2
+    assert serve.process.stderr is not None
+    with serve.process.stderr as stderr:
+        assert "cataloguing stopped: the catalogue process ended (exit code -9)" in stderr.read().decode()
+
+
+def test_the_catalogue_process_ends_with_serve_even_a_killed_one(tmp_path: Path, serving: list[Serve]) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    serving.append(serve := Serve(forward, state))
+    (catalogue_process,) = catalogue_processes(serve.process.pid)
+    serve.stop(signal.SIGKILL)
+    wait_until(lambda: not alive(catalogue_process), "the catalogue process to see serve gone and stop")
+
+
 def test_serve_catalogues_prints_and_answers_a_wait_for_what_lands(tmp_path: Path, serving: list[Serve]) -> None:
     forward, state = tmp_path / "forward", tmp_path / "state"
     forward.mkdir()
@@ -293,6 +330,19 @@ def test_list_takes_a_query_over_the_catalogue(tmp_path: Path, forward: Path) ->
     assert len(lines) == 30 and "n30" in lines[0], "newest first"
     malformed = inspector(forward, "list", "--query", "n7 larger:ten", "--catalogue", path)
     assert malformed.returncode == 2 and "at character 11" in malformed.stderr, malformed.stderr
+
+
+def test_list_query_json_escapes_what_a_terminal_would_obey(tmp_path: Path, forward: Path) -> None:
+    # C1 controls and bidi overrides pass json.dumps raw; the JSON lines escape them, as `watch --json` does.
+    subject = "pay \u202eexe.txt \x9b31m red \x1b[2J"
+    message = f"Subject: {subject}\nMessage-ID: <h@x.test>\n\nbody\n".encode()
+    (forward / "a.test").write_bytes(record(1, message))
+    path = str(tmp_path / "catalogue.sqlite3")
+    assert inspector(forward, "reindex", "--catalogue", path).returncode == 0
+    found = inspector(forward, "list", "--query", "body", "--catalogue", path, "--json")
+    assert found.returncode == 0, found.stderr
+    assert not any(character in found.stdout for character in "\u202e\x9b\x1b"), found.stdout
+    assert json.loads(found.stdout)["subject"] == subject
 
 
 def test_a_file_replaced_or_cut_hides_what_was_catalogued_from_it_before(tmp_path: Path, forward: Path) -> None:

@@ -1,16 +1,18 @@
 """The inspector's command line: options in, the modules called, their results printed.
 
 Reading is the tail's (tail.py), taking a record apart the model's (model.py), presenting
-it render.py's, following the folder the watcher's (watcher.py) and checking a batch
-verify.py's. Nothing from a message is ever taken for an instruction: it reaches the
-terminal as rich `Text`, after `visible` has shown its control characters as escapes; log
-lines go through `visible` too.
+it render.py's, following the folder the watcher's (watcher.py), checking a batch
+verify.py's, and waiting on the running inspector's API waiting.py's (which asks through
+`http_get`, here with every other socket). Nothing from a message is ever taken for an
+instruction: it reaches the terminal as rich `Text`, after `visible` has shown its control
+characters as escapes; log lines go through `visible` too.
 """
 
 from __future__ import annotations
 
-import json
+import http.client
 import logging
+import math
 import signal
 import socket
 import sqlite3
@@ -37,27 +39,29 @@ from rich.text import Text
 
 from maillab_common import manifest
 from maillab_common.addresses import InvalidAddress, normalise_domain
-from maillab_common.cli import env_help, err, fail, out, run_app
+from maillab_common.cli import env_help, err, fail, out, run_app, say
 from maillab_common.settings import ConfigError
 from maillab_common.text import visible
 from maillab_inspector import query as search
-from maillab_inspector import render, stored
+from maillab_inspector import render, stored, waiting
 from maillab_inspector.attachments import CannotSave, save
 from maillab_inspector.catalogue import Catalogue, SchemaMismatch
 from maillab_inspector.cataloguing import (
     CatalogueInUse,
-    Feeding,
+    FeedingProcess,
     catch_up,
     open_catalogue,
     remove_catalogue,
     serving_lock,
 )
-from maillab_inspector.config import InspectorConfig
+from maillab_inspector.config import InspectorConfig, api_url
+from maillab_inspector.logs import log_visibly
 from maillab_inspector.model import read_contents, thorough_budget
 from maillab_inspector.tail import ForwardTail
 from maillab_inspector.terminal import JsonOutput, TerminalOutput
 from maillab_inspector.verify import check, collect, expected_deliveries
 from maillab_inspector.watcher import Watcher, open_tail
+from maillab_inspector.web.api_v1 import PAGE_MAX
 from maillab_inspector.web.app import create_app, stop_streams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="See what the maillab lab received.")
@@ -68,17 +72,8 @@ CatalogueFile = Annotated[
 ]
 
 
-class VisibleFormatter(logging.Formatter):
-    """Log lines with their control characters shown as escapes: one line each, never obeyed."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return visible(super().formatMessage(record))
-
-
 def setup(forward_dir: Path | None) -> tuple[InspectorConfig, Path]:
-    handler = logging.StreamHandler()
-    handler.setFormatter(VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    log_visibly()
     try:
         config = InspectorConfig.from_env()
     except ConfigError as exc:
@@ -218,7 +213,7 @@ def serve(
         fail(f"cannot start (forward folder {root}, state {state_file}, catalogue {catalogue_path}): {exc}")
     hosts = (*LOOPBACK_NAMES, *config.http_hosts)
     http = HttpServer(create_app(catalogue, root, config.manifest, hosts=hosts), address, config.http_ready_file)
-    feeding = Feeding(catalogue, root, config.sweep_interval)
+    feeding = FeedingProcess(catalogue, root, config.sweep_interval)
     printer = Watcher(tail, sweep_interval=config.sweep_interval, positions=positions, ready_file=config.ready_file)
     printer.stop_on_signals(signal.SIGTERM, signal.SIGINT)
     try:
@@ -315,7 +310,7 @@ def list_catalogued(path: Path, text: str, domain: str | None, json_lines: bool)
         while True:
             page = catalogue.messages(query, domain, limit=1000, cursor=cursor)
             for summary in page.messages:
-                print(json.dumps(summary.as_json(), ensure_ascii=False) if json_lines else render.as_line(summary))
+                print(render.json_line(summary.as_json()) if json_lines else render.as_line(summary))
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
@@ -390,6 +385,64 @@ def verify(
             out.print(line)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command("wait")
+def wait_for_mail(
+    query: Annotated[str, typer.Argument(help="What to wait for, in the API's query syntax (docs/api.md); '' for any")],
+    count: Annotated[int, typer.Option(min=1, max=PAGE_MAX, help="How many matching messages to wait for")] = 1,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait at most")] = 10.0,
+    json_lines: Annotated[bool, typer.Option("--json", help="Each message as a JSON line: the API's summary")] = False,
+    api: Annotated[
+        str | None, typer.Option("--api-url", help=env_help("The running inspector's address", "MAILLAB_API_URL"))
+    ] = None,
+) -> None:
+    """Wait until COUNT messages match QUERY in the running lab, and print them (exit 0).
+
+    Mail that arrived before the call counts. On timeout it prints what did match and exits 1;
+    a malformed query, or a lab that does not answer, is one error line and exit 2.
+    """
+    try:
+        config = InspectorConfig.from_env()
+        base = config.api_url if api is None else api_url(api, name="--api-url")
+    except ConfigError as exc:
+        fail(str(exc))
+    if not math.isfinite(timeout):
+        fail(f"--timeout {timeout} is not a number of seconds")
+    wanted = waiting.Wanted(query, count, timeout)
+    show = waiting.as_json if json_lines else waiting.as_line
+    try:
+        outcome = waiting.wait_for(http_get, base, wanted)
+    except waiting.Interrupted as exc:
+        for arrived in exc.messages:
+            print(show(arrived), flush=True)
+        fail(str(exc))
+    except waiting.Refused as exc:
+        fail(str(exc))
+    except (OSError, http.client.HTTPException) as exc:
+        fail(waiting.unreachable(base, exc))
+    if not outcome.found:
+        say(waiting.timed_out(wanted, outcome), error=True)
+    for arrived in outcome.messages:
+        print(show(arrived), flush=True)
+    if not outcome.found:
+        raise typer.Exit(1)
+
+
+def http_get(url: str, timeout: float) -> tuple[int, bytes]:
+    """GET `url` and read the whole answer, whatever its status; OSError or HTTPException when none comes.
+
+    Never through a proxy (urllib would take one from http_proxy): the lab is on this host or its network.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as answer:  # a status other than 2xx: still an answer, with a body
+        try:
+            return answer.code, answer.read()
+        finally:
+            answer.close()
 
 
 @app.command()

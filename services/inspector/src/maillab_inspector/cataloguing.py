@@ -18,17 +18,22 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import BinaryIO
 
 from maillab_common.forward import Damaged, Record
-from maillab_inspector.catalogue import Catalogue, Entry, SchemaMismatch
+from maillab_inspector.catalogue import Catalogue, Commits, Entry, SchemaMismatch
+from maillab_inspector.logs import log_visibly
 from maillab_inspector.model import catalogue_entry
 from maillab_inspector.tail import ForwardTail
 from maillab_inspector.watcher import Watcher
@@ -281,3 +286,108 @@ class Feeding:
         if total and now - self._logged_at >= self.PROGRESS_EVERY:
             self._logged_at = now
             log.info("cataloguing the forward files: %.1f of %.1f MiB", done / 2**20, total / 2**20)
+
+
+class PipedCommits(Commits):
+    """The commits of a catalogue written in another process: each published seq is also sent to
+    the process that serves the catalogue (FeedingProcess), whose waits and streams it wakes."""
+
+    def __init__(self, connection: Connection) -> None:
+        super().__init__()
+        self.connection = connection
+
+    def publish(self, seq: int) -> None:
+        super().publish(seq)
+        self.connection.send(seq)
+
+
+def catalogue_process(path: Path, root: Path, sweep_interval: float, connection: Connection) -> None:
+    """What `serve`'s catalogue process runs (FeedingProcess): `feed_until_told`, logging as `serve` does."""
+    log_visibly()
+    sys.exit(feed_until_told(path, root, sweep_interval, connection))
+
+
+def feed_until_told(path: Path, root: Path, sweep_interval: float, connection: Connection) -> int:
+    """The catalogue process's work: `Feeding` on the catalogue at `path` until the serving process says
+    stop or goes away (its end of `connection` closes); the exit code, 1 when cataloguing failed."""
+    catalogue = Catalogue(path, PipedCommits(connection))
+    feeding = Feeding(catalogue, root, sweep_interval)
+    done = threading.Event()
+
+    def listen() -> None:
+        with suppress(EOFError, OSError):
+            connection.recv()  # "stop", or EOFError: the serving process is gone
+        done.set()
+
+    threading.Thread(target=listen, name="catalogue-control", daemon=True).start()
+    feeding.start(on_failure=done.set)
+    while not done.is_set():
+        try:
+            done.wait()
+        except KeyboardInterrupt:  # a Ctrl-C in the terminal reaches both processes: `serve` says when to stop
+            continue
+    feeding.stop()
+    catalogue.close()
+    return 1 if feeding.failure is not None else 0
+
+
+class FeedingProcess:
+    """`Feeding` in a process of its own, as `serve` runs it: the catalogue's tail, parsing and
+    writes get an interpreter of their own, rather than one lock (the GIL) shared with the printer
+    and the HTTP side. Each of its commits comes back through a pipe and is published to the
+    serving process's catalogue, whose waits and event streams it wakes.
+
+    """
+
+    def __init__(self, catalogue: Catalogue, root: Path, sweep_interval: float) -> None:
+        self.catalogue, self.root, self.sweep_interval = catalogue, root, sweep_interval
+        self.failure: BaseException | None = None
+        self._stopping = threading.Event()
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, on_failure: Callable[[], object]) -> None:
+        context = multiprocessing.get_context("spawn")  # this process has threads: no fork
+        self._connection, theirs = context.Pipe()
+        arguments = (self.catalogue.path, self.root, self.sweep_interval, theirs)
+        # Not a daemon: a daemon may not start the pool that a large backlog is read with. `stop`
+        # ends it, and so does this process's end (the pipe closes).
+        self._process = context.Process(target=catalogue_process, args=arguments, name="maillab-catalogue")
+        self._process.start()
+        theirs.close()
+
+        def relay() -> None:
+            connection, process = self._connection, self._process
+            assert connection is not None and process is not None
+            try:
+                while True:
+                    self.catalogue.commits.publish(int(connection.recv()))
+            except (EOFError, OSError):
+                pass
+            if not self._stopping.is_set():
+                process.join(timeout=5)
+                self.failure = RuntimeError(f"the catalogue process ended (exit code {process.exitcode})")
+                log.error("cataloguing stopped: %s", self.failure)
+                on_failure()
+
+        self._thread = threading.Thread(target=relay, name="catalogue-commits", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._connection is not None:
+            with suppress(OSError):
+                self._connection.send("stop")
+        if self._process is not None:
+            self._process.join(timeout=30)
+            if self._process.is_alive():
+                log.warning("the catalogue process did not stop within 30 s: killed")
+                self._process.kill()
+                self._process.join()
+            if self._process.exitcode and self.failure is None:
+                self.failure = RuntimeError(f"the catalogue process ended (exit code {self._process.exitcode})")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._connection is not None:
+            self._connection.close()

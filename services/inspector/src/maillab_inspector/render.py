@@ -32,14 +32,14 @@ VERIFY_COLUMNS = ("expected", "delivered", "missing", "corrupted", "duplicated",
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
-def _json_line(document: object) -> str:
+def json_line(document: object) -> str:
     """One line of JSON with every control character escaped: what json.dumps leaves raw too."""
     return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match[0]):04x}", json.dumps(document, ensure_ascii=False))
 
 
 def as_json(summary: MessageSummary) -> str:
     """One line of JSON: the summary's text exactly, with every control character escaped."""
-    return _json_line(
+    return json_line(
         {
             "domain": summary.domain,
             "offset": summary.offset,
@@ -178,7 +178,7 @@ def verify_json(manifest_name: str, report: VerifyReport, counts: tuple[int, ...
             for (message_id, domain), copies in report.duplicated
         ]
     )
-    return _json_line(document)
+    return json_line(document)
 
 
 def verify_findings(report: VerifyReport) -> list[Text]:
