@@ -253,7 +253,7 @@ def test_stream_reader_buffer_is_what_it_reads_next() -> None:
 # ones above, and public methods. Any other would silently replace one of aiosmtpd's.
 OVERRIDES = {
     SMTPBase: {"_getaddr", "_getparams", "_create_envelope"},
-    LabSMTP: {"__init__", "connection_made", "connection_lost", "smtp_AUTH", "smtp_DATA", "push"},
+    LabSMTP: {"__init__", "connection_made", "connection_lost", "eof_received", "smtp_AUTH", "smtp_DATA", "push"},
     # Set on purpose, and documented by aiosmtpd: the longest command line.
     "LabSMTP()": {"line_length_limit"},
 }
