@@ -37,7 +37,7 @@ send: check-compose ## Send a batch through the agent: make send ARGS="--count 2
 verify: check-compose ## Check the last batch's manifest against the forward files
 	$(DOCKER_COMPOSE) run --rm --no-deps inspector verify $(ARGS)
 
-$(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml
+$(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
@@ -46,7 +46,7 @@ $(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml
 lint: $(VENV)/.installed ## ruff and mypy over every service and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src tests bench scripts
+	$(VENV)/bin/mypy services/common/src services/server/src services/agent/src services/inspector/src clients/python/src tests bench scripts examples
 
 unit: $(VENV)/.installed ## Unit and SMTP-level tests (no Docker)
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
@@ -63,6 +63,7 @@ bench: $(VENV)/.installed check-compose ## Benchmarks on loopback, real files an
 	$(VENV)/bin/python -m bench.agent
 	$(VENV)/bin/python -m bench.inspector
 	$(VENV)/bin/python -m bench.web
+	$(VENV)/bin/python -m bench.client
 	$(VENV)/bin/python -m bench.lab
 
 fuzz: $(VENV)/.installed ## The hostile-session battery at full size (MAILLAB_FUZZ_EXAMPLES, 100000)

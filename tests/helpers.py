@@ -6,6 +6,7 @@
 - `Watch`: `maillab-inspector watch --json` in a child process, its output read line by line.
 - `run_cli`: any maillab command line, run to its end; `inspector`: an inspector command.
 - `wait_until`: wait for an observable condition, with a deadline.
+- `HostLab`: the real server and inspector (`serve`) as processes on free ports, a context manager.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ import json
 import os
 import queue
 import signal
+import smtplib
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
+from types import TracebackType
 from typing import ClassVar, TextIO
 
 from maillab_common.forward import Delivery, render_record
@@ -175,3 +182,139 @@ class Watch:
             if stream is not None:
                 stream.close()
         return code
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class HostLab:
+    """The real lab on the host: `python -m maillab_server serve` and `python -m maillab_inspector serve`
+    as child processes on free loopback ports, storing under `root` (which must exist).
+
+        with HostLab(tmp_path) as lab:
+            lab.send(message)                      # through SMTP, to lab.smtp_port
+            ... lab.api_url ...                    # the inspector, http://127.0.0.1:<port>
+
+    Entering starts both and returns once the API answers its health check and the SMTP port
+    accepts a session; the processes are stopped on leaving, and also when starting or the
+    readiness check fails. Each writes its log to a file under `root` (server.log,
+    inspector.log), never to a pipe nobody reads (a full pipe would block it); a failure to
+    start quotes both. The classroom listener is off (port 0), so the fixed 2526 is never bound.
+    """
+
+    SENDER = "app@sender.test"
+
+    def __init__(self, root: Path, *, ready_timeout: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+        self.root = root
+        self.forward = root / "forward"
+        self.state = root / "state"
+        self.server_log = root / "server.log"
+        self.inspector_log = root / "inspector.log"
+        self.ready_timeout = ready_timeout
+        self.env = dict(os.environ if env is None else env)
+        self.smtp_port = free_port()
+        self.http_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.http_port}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> HostLab:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.forward.mkdir(exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        server_env = {
+            **self.env,
+            "MAILLAB_LOG_LEVEL": "warning",
+            "MAILLAB_TLS_DIR": str(self.root / "tls"),
+            "MAILLAB_CLASSROOM_PORT": "0",
+        }
+        server_argv = ["--listen-host", "127.0.0.1", "--port", str(self.smtp_port), "--classroom-port", "0"]
+        self._spawn(
+            ["maillab_server", "serve", *server_argv, "--forward-dir", str(self.forward)], server_env, self.server_log
+        )
+        inspector_env = {
+            **self.env,
+            "MAILLAB_FORWARD_DIR": str(self.forward),
+            "MAILLAB_STATE_FILE": str(self.state / "positions.sqlite3"),
+            "MAILLAB_CATALOGUE": str(self.state / "catalogue.sqlite3"),
+            "MAILLAB_READY_FILE": str(self.state / "ready"),
+            "MAILLAB_HTTP_READY_FILE": str(self.state / "http"),
+            "MAILLAB_HTTP_PORT": str(self.http_port),
+            "MAILLAB_OUTPUT": "json",
+        }
+        self._spawn(["maillab_inspector", "serve"], inspector_env, self.inspector_log)
+        deadline = time.monotonic() + self.ready_timeout
+        while not self.answers():
+            if self.exited() or time.monotonic() > deadline:
+                why = "a process exited" if self.exited() else f"not ready within {self.ready_timeout:g} s"
+                raise AssertionError(f"the host lab did not start ({why}):\n{self.logs()}")
+            threading.Event().wait(0.05)
+
+    def _spawn(self, argv: list[str], env: Mapping[str, str], log: Path) -> None:
+        with open(log, "ab") as file:  # the child keeps its own copy of the descriptor
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", *argv],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=file,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def answers(self) -> bool:
+        """Whether the API answers its health check and the SMTP port greets."""
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/api/v1/health", timeout=1) as response:
+                if response.status != 200:
+                    return False
+            with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=1):
+                return True
+        except (OSError, urllib.error.URLError, smtplib.SMTPException):
+            return False
+
+    def exited(self) -> bool:
+        return any(process.poll() is not None for process in self.processes)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace') if path.exists() else '(none)'}"
+            for path in (self.server_log, self.inspector_log)
+        )
+
+    def stop(self) -> None:
+        """Stop every process started, the inspector first; SIGKILL for one that outlives 20 s of SIGTERM."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def send(self, message: EmailMessage | bytes, recipients: Sequence[str] = (), sender: str = SENDER) -> None:
+        """One message through SMTP, to `recipients` (the message's To, Cc and Bcc when none are given)."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as smtp:
+            if isinstance(message, bytes):
+                smtp.sendmail(sender, list(recipients), message)
+            else:
+                smtp.send_message(message, from_addr=sender, to_addrs=list(recipients) or None)

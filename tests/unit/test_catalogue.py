@@ -600,7 +600,9 @@ def test_searches_count_only_the_visible_messages_after_deletes(catalogue: Catal
         assert catalogue._count(condition, params) == visible, text
 
 
-@pytest.mark.parametrize("text", ["body", "to:example.test", "from:alice@example.test", "body to:example.test", "body -n3"])
+@pytest.mark.parametrize(
+    "text", ["body", "to:example.test", "from:alice@example.test", "body to:example.test", "body -n3"]
+)
 def test_searches_page_newest_first_as_a_look_at_every_row_would(
     catalogue: Catalogue, many: list[Entry], text: str
 ) -> None:
