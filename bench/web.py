@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -177,18 +178,27 @@ def server_running(forward: Path) -> Iterator[int]:
         stop_process(server)
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes that `pid` started, and theirs (serve's catalogue process), from /proc."""
+def spawned_by(pid: int) -> list[int]:
+    """The processes that `pid` spawned to run its own code (serve's catalogue process), not
+    multiprocessing's resource tracker, from /proc; those that end meanwhile are left out."""
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+    except FileNotFoundError:
+        pass
     return found
 
 
 def peak_rss_mib(pid: int) -> float:
-    """The peak RSS (VmHWM) of `pid` and of every process under it, added up: serve and its catalogue process."""
-    return sum(memory_kib(process, "VmHWM") for process in [pid, *descendants(pid)]) / 1024
+    """The peak RSS (VmHWM) of `pid` and of the processes it spawned, added up: serve and its catalogue process."""
+    total = 0
+    for process in [pid, *spawned_by(pid)]:
+        with contextlib.suppress(FileNotFoundError):
+            total += memory_kib(process, "VmHWM")
+    return total / 1024
 
 
 def get_json(connection: http.client.HTTPConnection, path: str) -> tuple[int, dict[str, object]]:

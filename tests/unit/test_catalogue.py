@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from maillab_common.forward import Record, parse_records, render_record
+from maillab_inspector import catalogue as catalogue_module
 from maillab_inspector import query as query_syntax
 from maillab_inspector.catalogue import (
     SCHEMA_VERSION,
@@ -621,3 +623,22 @@ def test_searches_page_newest_first_as_a_look_at_every_row_would(
         if (cursor := page.next_cursor) is None:
             break
     assert seen == expected and len(seen) > 7
+
+
+def test_a_large_delete_hides_in_transactions_of_a_few(
+    catalogue: Catalogue, many: list[Entry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each transaction short, so that the catalogue process never waits for the write lock long.
+    monkeypatch.setattr(catalogue_module, "HIDE_AT_ONCE", 7)
+    transactions: list[int] = []
+    hide = catalogue_module._hide
+
+    def counted(*args: Any) -> int:
+        transactions.append(hide(*args))
+        return transactions[-1]
+
+    monkeypatch.setattr(catalogue_module, "_hide", counted)
+    assert catalogue.delete(domain="a.test") == 44
+    assert transactions == [7, 7, 7, 7, 7, 7, 2]
+    assert catalogue.messages(domain="a.test").total == 0
+    assert catalogue.messages(parsed("to:example.test body")).total == 130 - 44

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +23,9 @@ import pytest
 
 from maillab_common.forward import Record, render_record
 from maillab_inspector import cataloguing, model
+from maillab_inspector import tail as tail_module
 from maillab_inspector.catalogue import Catalogue, Entry
-from maillab_inspector.cataloguing import CatalogueFeed, CatalogueInUse, catch_up, serving_lock
+from maillab_inspector.cataloguing import CatalogueFeed, CatalogueInUse, catch_up, serving_lock, writer_lock
 from maillab_inspector.tail import ForwardTail
 from tests.helpers import BASE, MULTIPART, inspector, record, wait_until
 from tests.unit.conftest import free_port
@@ -86,14 +88,17 @@ def received_at(numbers: range, seconds: Callable[[int], int]) -> bytes:
     )
 
 
-@pytest.mark.parametrize("merged_files", [16, 2])
+@pytest.mark.parametrize(("merged_files", "chunk"), [(256, 1 << 20), (256, 100), (2, 1 << 20)])
 def test_the_backlog_is_catalogued_in_the_order_received_across_files(
-    tmp_path: Path, forward: Path, monkeypatch: pytest.MonkeyPatch, merged_files: int
+    tmp_path: Path, forward: Path, monkeypatch: pytest.MonkeyPatch, merged_files: int, chunk: int
 ) -> None:
     # Three files whose messages interleave in time: newest first is the order received, not file by file.
     for index, name in enumerate(("a.test", "b.test", "c.test")):
         (forward / name).write_bytes(received_at(range(index, 90, 3), lambda n: n))
     monkeypatch.setattr(cataloguing, "MERGED_FILES", merged_files)
+    # 100 bytes: each file is read in chunks smaller than one record, which then spans several.
+    monkeypatch.setattr(cataloguing, "MERGED_BYTES", 3 * chunk)
+    monkeypatch.setattr(tail_module, "MIN_MERGED_CHUNK", chunk)
     catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
     assert catch_up(catalogue, ForwardTail(forward)) == 90
     subjects = [message.subject for message in catalogue.messages(limit=100).messages]
@@ -150,6 +155,15 @@ def test_only_one_process_holds_a_catalogue(tmp_path: Path) -> None:
         serving_lock(path)
     held.close()
     serving_lock(path).close()
+
+
+def test_one_writer_at_a_time_the_next_waits_for_the_last(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.sqlite3"
+    held = writer_lock(path)
+    with pytest.raises(CatalogueInUse, match="still written by another process after 0 s"):
+        writer_lock(path, timeout=0.2)
+    threading.Timer(0.3, held.close).start()
+    writer_lock(path, timeout=10).close()  # waits for the one before to close
 
 
 class Serve:
@@ -222,6 +236,13 @@ def catalogue_processes(pid: int) -> list[int]:
     return [child for child in spawned if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
+def started_catalogue_process(serve: Serve) -> int:
+    """serve's catalogue process, once it is there: serve starts it after its HTTP side answers."""
+    wait_until(lambda: len(catalogue_processes(serve.process.pid)) == 1, "serve's catalogue process")
+    (catalogue_process,) = catalogue_processes(serve.process.pid)
+    return catalogue_process
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
@@ -234,7 +255,7 @@ def test_serve_stops_with_an_error_when_its_catalogue_process_ends(tmp_path: Pat
     forward.mkdir()
     state.mkdir()
     serving.append(serve := Serve(forward, state))
-    (catalogue_process,) = catalogue_processes(serve.process.pid)
+    catalogue_process = started_catalogue_process(serve)
     os.kill(catalogue_process, signal.SIGKILL)
     assert serve.process.wait(timeout=30) == 2
     assert serve.process.stderr is not None
@@ -247,7 +268,7 @@ def test_the_catalogue_process_ends_with_serve_even_a_killed_one(tmp_path: Path,
     forward.mkdir()
     state.mkdir()
     serving.append(serve := Serve(forward, state))
-    (catalogue_process,) = catalogue_processes(serve.process.pid)
+    catalogue_process = started_catalogue_process(serve)
     serve.stop(signal.SIGKILL)
     wait_until(lambda: not alive(catalogue_process), "the catalogue process to see serve gone and stop")
 

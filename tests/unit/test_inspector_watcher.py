@@ -27,7 +27,7 @@ from maillab_common.forward import Damaged, Record
 from maillab_inspector import stored
 from maillab_inspector.model import MessageSummary
 from maillab_inspector.state import PositionStore, load_positions
-from maillab_inspector.tail import ForwardTail
+from maillab_inspector.tail import READ_CHUNK, ForwardTail
 from maillab_inspector.watcher import (
     MISSED_EVENTS_BEFORE_POLLING,
     RECORD_OVERHEAD,
@@ -260,9 +260,9 @@ class CountingTail(ForwardTail):
 
     reads = 0
 
-    def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
+    def poll(self, name: str, chunk: int = READ_CHUNK) -> Iterator[tuple[str, Record | Damaged]]:
         self.reads += 1
-        return super().poll(name)
+        return super().poll(name, chunk)
 
 
 def test_the_watchers_own_reads_do_not_wake_it(store: ForwardStore) -> None:
@@ -299,7 +299,7 @@ def test_the_window_holds_records_up_to_its_limit_and_then_makes_the_reader_wait
 
 
 class FailingTail(ForwardTail):
-    def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
+    def poll(self, name: str, chunk: int = READ_CHUNK) -> Iterator[tuple[str, Record | Damaged]]:
         raise PermissionError(13, "Permission denied", name)
 
 

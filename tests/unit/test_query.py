@@ -197,6 +197,14 @@ def test_a_term_built_by_hand_is_checked_by_to_sql() -> None:
     assert refused.value.position == 7
 
 
+@pytest.mark.parametrize(("field", "value"), [(None, "--"), ("subject", "!!"), ("to", "@"), ("from", "a@")])
+def test_a_term_built_by_hand_is_checked_by_to_seq_set(field: str | None, value: str) -> None:
+    query = Query(terms=(Term(field=field, value=value, negated=False, position=3),), text="")
+    with pytest.raises(QuerySyntaxError) as refused:
+        to_seq_set(query)
+    assert refused.value.position == 3
+
+
 @pytest.mark.parametrize("address", ["Bob@X.Test", "a@b@C.TEST", "Q.q@ÉX.test", "[1]@[IPv6:::1]"])
 def test_a_whole_address_is_looked_up_as_the_catalogue_stores_it(address: str) -> None:
     assert to_sql(parse(f"from:{address}"))[1] == ["from", normal_address(address)]

@@ -416,16 +416,15 @@ class ContainerLab:
         state = self._made("volume", "create", "--label", label, f"{self.name}-state")
         common = ["--detach", "--label", label, "--network", self.network, "--cap-drop", "ALL"]
         common += ["--security-opt", "no-new-privileges:true", "--read-only", "--tmpfs", "/tmp:size=16m"]
-        common += ["--pids-limit", "64"]
         server = self._run(
             *common,
-            *("--memory", os.environ.get("MAILLAB_SERVER_MEMORY", "").strip() or "512m"),
+            *("--memory", os.environ.get("MAILLAB_SERVER_MEMORY", "").strip() or "512m", "--pids-limit", "64"),
             *("--name", f"{self.name}-server", "--network-alias", "server", "--volume", f"{forward}:/forward"),
             *("--publish", "127.0.0.1::2525", self.images["server"]),
         )
         inspector = self._run(
             *common,
-            *("--memory", os.environ.get("MAILLAB_INSPECTOR_MEMORY", "").strip() or "768m"),
+            *("--memory", os.environ.get("MAILLAB_INSPECTOR_MEMORY", "").strip() or "768m", "--pids-limit", "128"),
             *("--cpu-shares", os.environ.get("MAILLAB_INSPECTOR_CPU_SHARES", "").strip() or "4096"),
             *("--name", f"{self.name}-inspector", "--volume", f"{forward}:/forward:ro", "--volume", f"{state}:/state"),
             *("--publish", "127.0.0.1::8025", self.images["inspector"], "serve"),

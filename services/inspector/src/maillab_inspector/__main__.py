@@ -53,6 +53,7 @@ from maillab_inspector.cataloguing import (
     open_catalogue,
     remove_catalogue,
     serving_lock,
+    writer_lock,
 )
 from maillab_inspector.config import InspectorConfig, api_url
 from maillab_inspector.logs import log_visibly
@@ -205,6 +206,7 @@ def serve(
     address = (host or config.http_host, port or config.http_port)
     try:
         lock = serving_lock(catalogue_path)
+        writer_lock(catalogue_path).close()  # a catalogue process of a serve killed before has finished
         catalogue, _ = open_catalogue(catalogue_path)
         tail, positions = open_tail(root, state_file, from_start=False)
     except CatalogueInUse as exc:
@@ -249,9 +251,18 @@ def reindex(
     except OSError as exc:
         fail(f"cannot open the catalogue {path}: {exc.strerror or exc}")
     try:
+        writing = writer_lock(path)
+    except CatalogueInUse as exc:
+        lock.close()
+        fail(str(exc), 1)
+    except OSError as exc:
+        lock.close()
+        fail(f"cannot open the catalogue {path}: {exc.strerror or exc}")
+    try:
         remove_catalogue(path)
         catalogue, _ = open_catalogue(path)
     except (OSError, sqlite3.Error, SchemaMismatch) as exc:
+        writing.close()
         lock.close()
         fail(f"cannot make the catalogue {path}: {exc}")
     columns = (TextColumn("cataloguing"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
@@ -264,6 +275,7 @@ def reindex(
             )
     finally:
         catalogue.close()
+        writing.close()
         lock.close()
     print(f"catalogued {count:,} messages from {root} in {time.monotonic() - started:.1f}s into {path}", flush=True)
 

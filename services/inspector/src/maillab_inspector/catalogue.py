@@ -59,6 +59,7 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
+HIDE_AT_ONCE = 1000  # messages a DELETE hides in one transaction
 
 # The deleted messages alone, to count the visible ones from indexes (Catalogue._total).
 _DELETED_INDEX = "CREATE INDEX messages_deleted ON messages (deleted, domain, received) WHERE deleted = 1"
@@ -408,8 +409,16 @@ class Catalogue:
     def delete(self, query: Query | None = None, domain: str | None = None) -> int:
         """Hide every visible message that matches; how many. Published, so that waiters look again."""
         condition, params = _condition(query, domain)
-        with self._write() as db:
-            deleted = _hide(db, condition, params)
+        deleted = 0
+        while True:
+            # In transactions of HIDE_AT_ONCE messages: taking thousands out of the full-text index
+            # at once would hold the write lock for seconds, longer than the catalogue process
+            # waits for it (BUSY_TIMEOUT_MS).
+            with self._write() as db:
+                hidden = _hide(db, condition, params, HIDE_AT_ONCE)
+            deleted += hidden
+            if hidden < HIDE_AT_ONCE:
+                break
         self.commits.publish(self.commits.latest)
         return deleted
 
@@ -601,13 +610,13 @@ def _hide_restarted(db: sqlite3.Connection, positions: Mapping[str, tuple[int, i
             _hide(db, "m.domain = ? AND m.deleted = 0", [name])
 
 
-def _hide(db: sqlite3.Connection, condition: str, params: Sequence[object]) -> int:
-    """Tombstone the messages `condition` holds for, and take them out of the full-text and
-    address indexes: those then hold the visible messages alone, so that a search of them
-    alone needs no look at a message's row to count (Catalogue._total). How many."""
+def _hide(db: sqlite3.Connection, condition: str, params: Sequence[object], limit: int = -1) -> int:
+    """Tombstone the messages `condition` holds for (at most `limit` of them; -1: all), and take
+    them out of the full-text and address indexes: those then hold the visible messages alone, so
+    that a search of them alone needs no look at a message's row to count (Catalogue._total). How many."""
     db.execute("CREATE TEMP TABLE IF NOT EXISTS hiding (seq INTEGER PRIMARY KEY)")
     db.execute("DELETE FROM temp.hiding")
-    db.execute(f"INSERT INTO temp.hiding SELECT m.seq FROM messages AS m WHERE {condition}", params)
+    db.execute(f"INSERT INTO temp.hiding SELECT m.seq FROM messages AS m WHERE {condition} LIMIT ?", [*params, limit])
     db.execute("DELETE FROM message_text WHERE rowid IN (SELECT seq FROM temp.hiding)")
     db.execute("DELETE FROM addresses WHERE seq IN (SELECT seq FROM temp.hiding)")
     hidden = db.execute("UPDATE messages SET deleted = 1 WHERE seq IN (SELECT seq FROM temp.hiding)").rowcount

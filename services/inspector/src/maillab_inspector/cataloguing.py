@@ -18,6 +18,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -48,8 +49,10 @@ POOL_FROM_BYTES = 8 * 1024 * 1024
 POOL_BATCH = 256  # records a worker takes apart at a time
 POOL_WORKERS = 2
 # Forward files read side by side by the backlog, so that it catalogues their records in the
-# order received: each holds an open file and a chunk of up to tail.READ_CHUNK bytes.
-MERGED_FILES = 16
+# order received (a group of files after another beyond that: file descriptors), and the bytes
+# their chunks hold together (each at least tail.MIN_MERGED_CHUNK).
+MERGED_FILES = 256
+MERGED_BYTES = 16 * 1024 * 1024
 
 Progress = Callable[[int, int], object]  # (bytes done, bytes in all)
 Positions = dict[str, tuple[int, int]]
@@ -98,7 +101,7 @@ def catch_up(
     now, or until `stopping()`; the number of messages catalogued."""
     total = backlog_bytes(tail)
     progress(0, total)
-    batches = _batches(tail.poll_all_as_received(MERGED_FILES), tail, stopping)
+    batches = _batches(tail.poll_all_as_received(MERGED_FILES, MERGED_BYTES), tail, stopping)
     if total >= POOL_FROM_BYTES and POOL_WORKERS > 1:
         entries_of = _in_pool(batches)
     else:
@@ -235,6 +238,31 @@ def serving_lock(path: Path) -> LockFile:
 
 LockFile = BinaryIO
 
+WRITER_WAIT = 60.0  # seconds to wait for a writer of an earlier `serve` (killed) to finish its batch
+
+
+def writer_lock(path: Path, timeout: float = WRITER_WAIT) -> LockFile:
+    """Hold the right to write the catalogue at `path`, waiting up to `timeout` s for whoever has it.
+
+    `serving_lock` keeps a second `serve` or `reindex` out, but a catalogue process outlives a
+    `serve` killed with -9 by its last batch: this lock, held by whoever writes (the catalogue
+    process, `reindex`), keeps the next one from writing beside it. CatalogueInUse on the timeout.
+    """
+    lock = open(path.with_name(path.name + ".writer.lock"), "a+b")  # noqa: SIM115 (held open until closed)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                raise CatalogueInUse(
+                    f"the catalogue {path} is still written by another process after {timeout:.0f} s "
+                    "(the catalogue process of an inspector that was killed?)"
+                ) from None
+            time.sleep(0.05)
+
 
 class Feeding:
     """The catalogue's thread: the backlog first (`catch_up`), then each record as it lands,
@@ -302,9 +330,22 @@ class PipedCommits(Commits):
 
 
 def catalogue_process(path: Path, root: Path, sweep_interval: float, connection: Connection) -> None:
-    """What `serve`'s catalogue process runs (FeedingProcess): `feed_until_told`, logging as `serve` does."""
+    """What `serve`'s catalogue process runs (FeedingProcess): `feed_until_told`, logging as `serve` does.
+
+    It is the edge of its own process: a Ctrl-C in a terminal, or a SIGTERM to the process group,
+    reaches it and its pool's workers (who inherit the ignoring) too, and would end them midway;
+    `serve` stops it through the pipe instead.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log_visibly()
-    sys.exit(feed_until_told(path, root, sweep_interval, connection))
+    try:
+        lock = writer_lock(path)
+    except (CatalogueInUse, OSError) as exc:
+        log.error("cannot write the catalogue: %s", exc)
+        sys.exit(1)
+    with lock:
+        sys.exit(feed_until_told(path, root, sweep_interval, connection))
 
 
 def feed_until_told(path: Path, root: Path, sweep_interval: float, connection: Connection) -> int:
@@ -321,11 +362,7 @@ def feed_until_told(path: Path, root: Path, sweep_interval: float, connection: C
 
     threading.Thread(target=listen, name="catalogue-control", daemon=True).start()
     feeding.start(on_failure=done.set)
-    while not done.is_set():
-        try:
-            done.wait()
-        except KeyboardInterrupt:  # a Ctrl-C in the terminal reaches both processes: `serve` says when to stop
-            continue
+    done.wait()
     feeding.stop()
     catalogue.close()
     return 1 if feeding.failure is not None else 0
@@ -349,13 +386,19 @@ class FeedingProcess:
 
     def start(self, on_failure: Callable[[], object]) -> None:
         context = multiprocessing.get_context("spawn")  # this process has threads: no fork
-        self._connection, theirs = context.Pipe()
+        ours, theirs = context.Pipe()
         arguments = (self.catalogue.path, self.root, self.sweep_interval, theirs)
         # Not a daemon: a daemon may not start the pool that a large backlog is read with. `stop`
         # ends it, and so does this process's end (the pipe closes).
-        self._process = context.Process(target=catalogue_process, args=arguments, name="maillab-catalogue")
-        self._process.start()
-        theirs.close()
+        process = context.Process(target=catalogue_process, args=arguments, name="maillab-catalogue")
+        try:
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._process, self._connection = process, ours
 
         def relay() -> None:
             connection, process = self._connection, self._process
@@ -365,6 +408,8 @@ class FeedingProcess:
                     self.catalogue.commits.publish(int(connection.recv()))
             except (EOFError, OSError):
                 pass
+            except BaseException:  # anything else: no one would read the pipe, and the process would block
+                log.exception("relaying the catalogue's commits failed")
             if not self._stopping.is_set():
                 process.join(timeout=5)
                 self.failure = RuntimeError(f"the catalogue process ended (exit code {process.exitcode})")

@@ -251,14 +251,17 @@ def to_seq_set(query: Query) -> SeqSet | None:
     for term in query.terms:
         if term.negated:
             return None
-        if term.field is None:
-            phrases.append(_fts_string(term.value))
-        elif term.field == "subject":
-            phrases.append("subject : " + _fts_string(term.value))
-        elif term.field in ("from", "to"):
-            selects.append(_address_seqs(term.field, term.value))
-        else:
-            return None
+        try:
+            if term.field is None:
+                phrases.append(_fts_string(term.value))
+            elif term.field == "subject":
+                phrases.append("subject : " + _fts_string(term.value))
+            elif term.field in ("from", "to"):
+                selects.append(_address_seqs(term.field, term.value))
+            else:
+                return None
+        except _BadValue as error:  # a Term built by hand rather than by parse(), as in to_sql
+            raise QuerySyntaxError(term.position, str(error)) from None
     if phrases:  # one MATCH for them all: FTS5 intersects them itself, in rowid order
         match = " AND ".join(f"({phrase})" for phrase in phrases)
         selects.insert(0, ("SELECT rowid AS seq FROM message_text WHERE message_text MATCH ?", [match]))

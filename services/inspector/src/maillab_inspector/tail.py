@@ -33,6 +33,7 @@ from maillab_common.forward import Damaged, Record, parse_records
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
+MIN_MERGED_CHUNK = 64 * 1024  # the least a file read beside others reads at a time (poll_all_as_received)
 
 
 Stamp = tuple[int, int, int, int]  # inode, size, mtime and ctime (ns): what a change changes
@@ -105,18 +106,22 @@ class ForwardTail:
         for name in sorted(self._changed_files()):
             yield from self.poll(name)
 
-    def poll_all_as_received(self, merged_files: int) -> Iterator[tuple[str, Record | Damaged]]:
+    def poll_all_as_received(self, merged_files: int, held_bytes: int) -> Iterator[tuple[str, Record | Damaged]]:
         """As `poll_all`, with the records of up to `merged_files` files at a time merged in the order
-        they were received (each file's own are in that order already): each merged file holds an
-        open file and up to READ_CHUNK bytes. Damaged bytes come where they lie in their file."""
+        they were received (each file's own are in that order already). Each merged file holds an
+        open file and a chunk read from it: `held_bytes` shared among them, at least MIN_MERGED_CHUNK
+        each. Damaged bytes come where they lie in their file."""
         names = sorted(self._changed_files())
-        for start in range(0, len(names), max(1, merged_files)):
-            streams = [_received_keyed(self.poll(name)) for name in names[start : start + max(1, merged_files)]]
+        group = max(1, merged_files)
+        for start in range(0, len(names), group):
+            together = names[start : start + group]
+            chunk = min(READ_CHUNK, max(MIN_MERGED_CHUNK, held_bytes // len(together)))
+            streams = [_received_keyed(self.poll(name, chunk)) for name in together]
             for _, name, item in heapq.merge(*streams, key=itemgetter(0)):
                 yield name, item
 
-    def poll(self, name: str) -> Iterator[tuple[str, Record | Damaged]]:
-        """The records appended to `name` since the last poll."""
+    def poll(self, name: str, chunk: int = READ_CHUNK) -> Iterator[tuple[str, Record | Damaged]]:
+        """The records appended to `name` since the last poll, read `chunk` bytes at a time."""
         try:
             fd = os.open(self.root / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -131,7 +136,7 @@ class ForwardTail:
                 status = os.fstat(fd)  # no append is under way: the size is a record boundary
                 progress = self._progress_for(name, status.st_ino, status.st_size)
             progress.read_at = None  # until this read has reached the end of the file
-            yield from ((name, item) for item in self._read_new(fd, progress))
+            yield from ((name, item) for item in self._read_new(fd, progress, chunk))
             progress.read_at = _stamp(status)
         finally:
             os.close(fd)
@@ -151,10 +156,10 @@ class ForwardTail:
         return progress
 
     @staticmethod
-    def _read_new(fd: int, progress: _Progress) -> Iterator[Record | Damaged]:
+    def _read_new(fd: int, progress: _Progress, size: int) -> Iterator[Record | Damaged]:
         # The lock is held for one chunk at a time, never while the caller prints.
         try:
-            while chunk := _read_chunk(fd, progress.read_to):
+            while chunk := _read_chunk(fd, progress.read_to, size):
                 items, progress.pending = parse_records(progress.pending + chunk, progress.pending_start)
                 progress.read_to += len(chunk)
                 yield from items
@@ -205,9 +210,9 @@ def _received_keyed(items: Iterator[tuple[str, Record | Damaged]]) -> Iterator[t
         yield received, name, item
 
 
-def _read_chunk(fd: int, offset: int) -> bytes:
+def _read_chunk(fd: int, offset: int, size: int = READ_CHUNK) -> bytes:
     with _shared_lock(fd):
-        return os.pread(fd, READ_CHUNK, offset)
+        return os.pread(fd, size, offset)
 
 
 @contextmanager

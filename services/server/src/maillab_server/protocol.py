@@ -163,10 +163,10 @@ class LabSMTP(SMTPBase):
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
-        # aiosmtpd ends the session at the client's EOF but keeps the connection half open, and so
-        # counted: a client that connects and closes before its greeting was sent (a port probe)
+        # aiosmtpd cancels the session at the client's EOF but keeps the connection half open, and
+        # so counted: a client that connects and closes before its greeting was sent (a port probe)
         # held its place (CLOSE-WAIT) until the idle timeout, and 100 of them locked the server.
-        # Nothing more can come from the client: close.
+        # The session is over (aiosmtpd reads nothing more, even what was sent before the EOF): close.
         if not self.refused:
             super().eof_received()
         return False
