@@ -373,7 +373,6 @@ class FeedingProcess:
     writes get an interpreter of their own, rather than one lock (the GIL) shared with the printer
     and the HTTP side. Each of its commits comes back through a pipe and is published to the
     serving process's catalogue, whose waits and event streams it wakes.
-
     """
 
     def __init__(self, catalogue: Catalogue, root: Path, sweep_interval: float) -> None:
