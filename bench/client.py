@@ -38,7 +38,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
+from bench.common import (
+    free_port,
+    percentile,
+    print_load_at_end,
+    print_load_at_start,
+    start_process,
+    stop_process,
+    wait_for_port,
+)
 from bench.web import inspector_serving
 from maillab_client import Lab
 
@@ -145,11 +153,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="rounds of each way")
     parser.add_argument("--lead", type=float, default=0.02, help="seconds a wait starts before its message")
     args = parser.parse_args()
-    began = time.monotonic()
-    load = os.getloadavg()
-    print(
-        f"load average at the start: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min; {os.cpu_count()} CPUs)"
-    )
+    began = print_load_at_start()
     latency: dict[str, list[float]] = {"raw": [], "client": []}
     at_once: dict[str, list[float]] = {"raw": [], "client": []}
     with tempfile.TemporaryDirectory(prefix="maillab-bench-client-") as folder:
@@ -207,12 +211,7 @@ def main() -> None:
         f"| message already there | {percentile(added_at_once, 50) * 1000:+.1f}"
         f" | {percentile(added_at_once, 99) * 1000:+.1f} | |"
     )
-    load = os.getloadavg()
-    print()
-    print(
-        f"load average at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}; "
-        f"the run took {time.monotonic() - began:.0f} s"
-    )
+    print_load_at_end(began)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -78,3 +79,21 @@ def smtp_source(port: int, sessions: int, count: int, size: int) -> float:
         stdout=subprocess.DEVNULL,
     )
     return count / (time.monotonic() - started)
+
+
+def print_load_at_start() -> float:
+    """Print the load average, which the figures move with; the monotonic time the run began."""
+    load = os.getloadavg()
+    print(
+        f"load average at the start: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min; {os.cpu_count()} CPUs)"
+    )
+    return time.monotonic()
+
+
+def print_load_at_end(began: float) -> None:
+    load = os.getloadavg()
+    print()
+    print(
+        f"load average at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}; "
+        f"the run took {time.monotonic() - began:.0f} s"
+    )

@@ -47,7 +47,15 @@ from datetime import UTC, datetime, timedelta
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
-from bench.common import free_port, percentile, start_process, stop_process, wait_for_port
+from bench.common import (
+    free_port,
+    percentile,
+    print_load_at_end,
+    print_load_at_start,
+    start_process,
+    stop_process,
+    wait_for_port,
+)
 from bench.inspector import agent_like, synthetic
 from bench.server import memory_kib
 from maillab_common.forward import render_record
@@ -627,11 +635,7 @@ def main() -> None:
     parser.add_argument("--only", default="reindex,queries,wait,ingest", help="comma-separated cases")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    began = time.monotonic()
-    load = os.getloadavg()
-    print(
-        f"load average at the start: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min; {os.cpu_count()} CPUs)"
-    )
+    began = print_load_at_start()
     print()
     print("| web measure | result | goal |")
     print("| --- | --- | --- |")
@@ -729,12 +733,7 @@ def main() -> None:
                 "| peak RSS of `inspector serve` and its catalogue process (VmHWM, added) after the ingest "
                 f"| {run.rss_mib:.0f} MiB | |"
             )
-    load = os.getloadavg()
-    print()
-    print(
-        f"load average at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}; "
-        f"the run took {time.monotonic() - began:.0f} s"
-    )
+    print_load_at_end(began)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def _received_keyed(items: Iterator[tuple[str, Record | Damaged]]) -> Iterator[t
         yield received, name, item
 
 
-def _read_chunk(fd: int, offset: int, size: int = READ_CHUNK) -> bytes:
+def _read_chunk(fd: int, offset: int, size: int) -> bytes:
     with _shared_lock(fd):
         return os.pread(fd, size, offset)
 
