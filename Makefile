@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # failure to make it stops the target with the script's own error.
 WITH_BASE = base="$$(scripts/base-image.sh)" || exit 1; export MAILLAB_PYTHON_IMAGE="$$base"; echo "base image: $$base"
 
-.PHONY: help up down logs send verify build test unit integration lint bench fuzz lock clean check-compose
+.PHONY: help up down logs send verify chaos chaos-clear build test unit integration lint bench fuzz lock clean check-compose
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,16 @@ send: check-compose ## Send a batch through the agent: make send ARGS="--count 2
 
 verify: check-compose ## Check the last batch's manifest against the forward files
 	$(DOCKER_COMPOSE) run --rm --no-deps inspector verify $(ARGS)
+
+# RULES reaches the shell as an environment variable, unexpanded, so that quotes, `;` and
+# `$` in it stay the rules' own.
+chaos: export MAILLAB_RULES = $(value RULES)
+chaos: check-compose ## Set fault-injection rules: make chaos RULES='rcpt reply=451 times=2'; without RULES, show them
+	@if [ -n "$$MAILLAB_RULES" ]; then $(DOCKER_COMPOSE) exec -T server maillab-server chaos set "$$MAILLAB_RULES"; \
+	 else $(DOCKER_COMPOSE) exec -T server maillab-server chaos show; fi
+
+chaos-clear: check-compose ## Clear the fault-injection rules
+	$(DOCKER_COMPOSE) exec -T server maillab-server chaos clear
 
 $(VENV)/.installed: requirements-dev.txt services/*/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -213,6 +213,7 @@ class HostLab:
         self.root = root
         self.forward = root / "forward"
         self.state = root / "state"
+        self.chaos = root / "chaos"  # the fault-injection rules (docs/chaos.md), shared as in compose
         self.server_log = root / "server.log"
         self.inspector_log = root / "inspector.log"
         self.ready_timeout = ready_timeout
@@ -238,11 +239,13 @@ class HostLab:
     def start(self) -> None:
         self.forward.mkdir(exist_ok=True)
         self.state.mkdir(exist_ok=True)
+        self.chaos.mkdir(exist_ok=True)
         server_env = {
             **self.env,
             "MAILLAB_LOG_LEVEL": "warning",
             "MAILLAB_TLS_DIR": str(self.root / "tls"),
             "MAILLAB_CLASSROOM_PORT": "0",
+            "MAILLAB_CHAOS_DIR": str(self.chaos),
         }
         server_argv = ["--listen-host", "127.0.0.1", "--port", str(self.smtp_port), "--classroom-port", "0"]
         self._spawn(
@@ -257,6 +260,7 @@ class HostLab:
             "MAILLAB_HTTP_READY_FILE": str(self.state / "http"),
             "MAILLAB_HTTP_PORT": str(self.http_port),
             "MAILLAB_OUTPUT": "json",
+            "MAILLAB_CHAOS_DIR": str(self.chaos),
         }
         self._spawn(["maillab_inspector", "serve"], inspector_env, self.inspector_log)
         deadline = time.monotonic() + self.ready_timeout

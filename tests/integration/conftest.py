@@ -104,7 +104,7 @@ def images(base_image: str) -> dict[str, str]:
 
 @dataclass
 class Lab:
-    """A running lab: server and inspector containers, their network, and two volumes."""
+    """A running lab: server and inspector containers, their network, and three volumes."""
 
     network: Network
     volume: str  # the forward volume
@@ -114,6 +114,7 @@ class Lab:
     images: dict[str, str]
     # `serve` (the lab's: it also catalogues and serves HTTP), or `watch` alone (the pace drills)
     inspector_command: tuple[str, ...] = ("serve",)
+    chaos: str = ""  # the fault-injection rules and the server's counts (docs/chaos.md), in both at /chaos
     state_volumes: list[str] = field(default_factory=list)  # each inspector container's /state, removed at the end
 
     @property
@@ -151,6 +152,8 @@ class Lab:
         inspector.with_tmpfs_mount("/tmp", "size=16m")
         inspector.with_kwargs(log_config=WHOLE_LOG, cpu_shares=INSPECTOR_CPU_SHARES, read_only=True)
         inspector.with_command(list(self.inspector_command)).with_exposed_ports(HTTP_PORT)
+        if self.chaos:
+            inspector.with_volume_mapping(self.chaos, "/chaos", "rw")
         for name, value in {"MAILLAB_OUTPUT": "json", **env}.items():
             inspector.with_env(name, value)
         self.inspector = inspector.waiting_for(HealthcheckWaitStrategy())
@@ -427,6 +430,7 @@ def started_lab(
     client = docker.from_env()
     volume = client.volumes.create(name=f"maillab-test-{uuid.uuid4().hex[:10]}")
     manifests = client.volumes.create(name=f"{volume.name}-manifests")
+    chaos = client.volumes.create(name=f"{volume.name}-chaos")
     network = Network().create()
     lab = server = None
     try:
@@ -435,6 +439,7 @@ def started_lab(
             .with_network(network)
             .with_network_aliases("server")
             .with_volume_mapping(volume.name, "/forward", "rw")
+            .with_volume_mapping(chaos.name, "/chaos", "rw")
             .waiting_for(HealthcheckWaitStrategy())
         )
         for name, value in (server_env or {}).items():
@@ -442,7 +447,7 @@ def started_lab(
         if server_ports:
             server.with_exposed_ports(*server_ports)
         server.start()
-        lab = Lab(network, volume.name, manifests.name, server, None, images, inspector_command)
+        lab = Lab(network, volume.name, manifests.name, server, None, images, inspector_command, chaos=chaos.name)
         lab.start_inspector(**(inspector_env or {}))
         yield lab
     finally:
@@ -452,6 +457,7 @@ def started_lab(
         network.remove()
         volume.remove(force=True)
         manifests.remove(force=True)
+        chaos.remove(force=True)
         for name in lab.state_volumes if lab else ():
             client.volumes.get(name).remove(force=True)
         client.close()

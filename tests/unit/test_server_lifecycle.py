@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from maillab_common.forward import Record, parse_records
-from tests.helpers import wait_until
+from tests.helpers import run_cli, wait_until
 from tests.unit.conftest import StartServer, free_port
 
 
@@ -107,6 +107,7 @@ def server_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int,
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+        Path(f"/tmp/maillab-server-{port}.sock").unlink(missing_ok=True)  # a killed server's health socket
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
@@ -269,3 +270,54 @@ def test_a_client_that_hangs_up_without_quit_frees_its_place(start_server: Start
     finally:
         for connection, _ in connections:
             connection.close()
+
+
+def test_the_health_socket_goes_at_shutdown_and_a_stale_one_does_not_stop_a_start(tmp_path: Path) -> None:
+    port = free_port()
+    path = Path(f"/tmp/maillab-server-{port}.sock")  # the default: MAILLAB_HEALTH_SOCKET is not set
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(path))  # and closed without a listen: what a killed server leaves behind
+    environment = {
+        **os.environ,
+        "MAILLAB_SMTP_PORT": str(port),
+        "MAILLAB_LISTEN_HOST": "127.0.0.1",
+        "MAILLAB_FORWARD_DIR": str(tmp_path),
+        "MAILLAB_LOG_FORMAT": "json",
+        "MAILLAB_CLASSROOM_PORT": "0",
+    }
+    environment.pop("MAILLAB_HEALTH_SOCKET", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maillab_server"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    healthcheck = [sys.executable, "-m", "maillab_server", "healthcheck"]
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["message"].startswith(f"listening on 127.0.0.1:{port}")
+        assert subprocess.run(healthcheck, env=environment, timeout=30, check=False).returncode == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        assert not path.exists(), "the socket is removed at shutdown"
+        result = subprocess.run(healthcheck, env=environment, capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 1 and result.stderr.startswith(f"unhealthy: the health socket {path}: ")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+        path.unlink(missing_ok=True)
+
+
+def test_a_file_that_is_not_a_socket_at_the_health_socket_path_stays_and_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "health"
+    path.write_text("not a socket")
+    result = run_cli(
+        "maillab_server",
+        *("serve", "--port", str(free_port()), "--classroom-port", "0", "--listen-host", "127.0.0.1"),
+        *("--forward-dir", str(tmp_path), "--health-socket", str(path)),
+    )
+    assert result.returncode == 1
+    assert f"cannot listen on the health socket {path}" in result.stdout, result.stdout
+    assert path.read_text() == "not a socket"

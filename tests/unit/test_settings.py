@@ -13,11 +13,19 @@ from maillab_common.settings import ConfigError, env_float, env_int
 
 ROOT = Path(__file__).resolve().parents[2]
 _SETTING = re.compile(r'"(MAILLAB_[A-Z0-9_]+)"')
-# Fixed by compose itself: the container's ports and folder, which the port mappings and the
-# volume are written against. The host ports are MAILLAB_SMTP_PORT and MAILLAB_CLASSROOM_PORT,
-# in the ports section.
+# Fixed by compose itself: the container's ports and folders, which the port mappings and the
+# volumes are written against. The host ports are MAILLAB_SMTP_PORT and MAILLAB_CLASSROOM_PORT,
+# in the ports section. The health check's socket keeps its default in the container's /tmp,
+# where both `serve` and `healthcheck` find it.
 COMPOSE_FIXES = {
-    "server": {"MAILLAB_LISTEN_HOST", "MAILLAB_SMTP_PORT", "MAILLAB_CLASSROOM_PORT", "MAILLAB_FORWARD_DIR"}
+    "server": {
+        "MAILLAB_LISTEN_HOST",
+        "MAILLAB_SMTP_PORT",
+        "MAILLAB_CLASSROOM_PORT",
+        "MAILLAB_FORWARD_DIR",
+        "MAILLAB_CHAOS_DIR",
+        "MAILLAB_HEALTH_SOCKET",
+    }
 }
 # Set by compose from a user's variable of another name: the container's name -> the user's.
 COMPOSE_FROM = {"MAILLAB_CLASSROOM_PUBLISHED_PORT": "MAILLAB_CLASSROOM_PORT"}

@@ -214,7 +214,8 @@ def serve(
     except (OSError, sqlite3.Error, SchemaMismatch) as exc:
         fail(f"cannot start (forward folder {root}, state {state_file}, catalogue {catalogue_path}): {exc}")
     hosts = (*LOOPBACK_NAMES, *config.http_hosts)
-    http = HttpServer(create_app(catalogue, root, config.manifest, hosts=hosts), address, config.http_ready_file)
+    web = create_app(catalogue, root, config.manifest, hosts=hosts, chaos_dir=config.chaos_dir)
+    http = HttpServer(web, address, config.http_ready_file)
     feeding = FeedingProcess(catalogue, root, config.sweep_interval)
     printer = Watcher(tail, sweep_interval=config.sweep_interval, positions=positions, ready_file=config.ready_file)
     printer.stop_on_signals(signal.SIGTERM, signal.SIGINT)

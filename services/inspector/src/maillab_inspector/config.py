@@ -36,6 +36,9 @@ class InspectorConfig:
     # Where `wait` finds the running inspector's API: from_env makes it http://127.0.0.1:<http_port>
     # (compose sets http://inspector:8025).
     api_url: str = "http://127.0.0.1:8025"
+    # The fault-injection rules and the server's report of them (maillab_common.chaos_files):
+    # a folder the server shares (compose mounts the `chaos` volume here in both containers).
+    chaos_dir: Path = Path("/chaos")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> InspectorConfig:
@@ -57,6 +60,7 @@ class InspectorConfig:
             http_hosts=tuple(name.strip() for name in env.get("MAILLAB_HTTP_HOSTS", "").split(",") if name.strip()),
             http_ready_file=Path(env_str(env, "MAILLAB_HTTP_READY_FILE", str(cls.http_ready_file))),
             api_url=api_url(env_str(env, "MAILLAB_API_URL", local_api), name="MAILLAB_API_URL"),
+            chaos_dir=Path(env_str(env, "MAILLAB_CHAOS_DIR", str(cls.chaos_dir))),
         )
 
 

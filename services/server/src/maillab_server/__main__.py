@@ -1,13 +1,16 @@
 """The server's entry point: the only place that touches sockets, signals and the event loop.
 
 `maillab-server` alone serves, as `maillab-server serve` does; `maillab-server healthcheck`
-is the container's health check. Each setting's `--flag VALUE` on `serve` (config.FLAGS)
-overrides its MAILLAB_* variable and goes through the same checks.
+is the container's health check; `maillab-server chaos set|show|clear` changes the running
+server's fault-injection rules (chaos_cli.py). Each setting's `--flag VALUE` on `serve`
+(config.FLAGS) overrides its MAILLAB_* variable and goes through the same checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import inspect
 import io
 import json
@@ -15,17 +18,23 @@ import logging
 import os
 import signal
 import smtplib
+import socket
 import ssl
+import stat
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from maillab_common.cli import EXIT_USAGE, fail, run_app, say
 from maillab_common.loop import run
-from maillab_common.settings import ConfigError
+from maillab_common.settings import ConfigError, env_str
 from maillab_common.text import visible
+from maillab_server.chaos import Chaos
+from maillab_server.chaos_cli import clear_rules, set_rules, show_rules
+from maillab_server.chaos_live import ChaosKeeper
 from maillab_server.classroom import ClassroomSMTP, classroom_factory
 from maillab_server.config import FLAGS, ServerConfig
 from maillab_server.errors import StorageError
@@ -34,6 +43,8 @@ from maillab_server.protocol import LabSMTP, Sessions, protocol_factory
 from maillab_server.store import RECENT_WINDOW, ForwardStore
 
 log = logging.getLogger("maillab_server")
+# Connections the health listener takes at once: the health check makes one every 5 s.
+HEALTH_CONNECTIONS = 8
 
 
 app = typer.Typer(add_completion=False, help="maillab's ESMTP server.")
@@ -73,8 +84,42 @@ app.command("serve", help="Run the SMTP server in the foreground (the default)."
 
 @app.command("healthcheck")
 def _healthcheck_command() -> None:
-    """Exit 0 when the forward folder is writable and the server answers SMTP on its ports."""
+    """Exit 0 when the forward folder is writable and the server answers NOOP on its health socket."""
     raise typer.Exit(healthcheck(configured({})))
+
+
+chaos_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Fault injection: the rules of the running server (docs/chaos.md); the folder is $MAILLAB_CHAOS_DIR.",
+)
+app.add_typer(chaos_app, name="chaos")
+
+
+def _chaos_dir() -> Path:
+    return Path(env_str(os.environ, "MAILLAB_CHAOS_DIR", str(ServerConfig.chaos_dir)))
+
+
+@chaos_app.command("set")
+def _chaos_set_command(
+    rules: Annotated[list[str], typer.Argument(help="The rules, separated by ';' (words are joined by spaces).")],
+) -> None:
+    """Check the rules, make them the server's, and print them once it applies them (within 2 s)."""
+    set_rules(_chaos_dir(), " ".join(rules))
+
+
+@chaos_app.command("show")
+def _chaos_show_command(
+    as_json: Annotated[bool, typer.Option("--json", help="The server's report as JSON.")] = False,
+) -> None:
+    """The rules the server applies, how often each has matched and fired, and a change not yet applied."""
+    show_rules(_chaos_dir(), as_json=as_json)
+
+
+@chaos_app.command("clear")
+def _chaos_clear_command() -> None:
+    """No rules (until set again); reserved addresses such as rcpt-451@... still answer."""
+    clear_rules(_chaos_dir())
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -102,24 +147,28 @@ def healthcheck(config: ServerConfig) -> int:
     except StorageError as exc:
         say(f"unhealthy: {exc}", error=True)
         return 1
-    if (problem := _noop_problem(config.port)) is not None:
+    # The health listener is served by the loop that serves the TCP ports, all bound at start
+    # (a port that cannot be is the end of the server): its answer says the server is serving.
+    if (problem := _noop_problem(config.health_socket_path)) is not None:
         say(f"unhealthy: {problem}", error=True)
-        return 1
-    if config.classroom_port and (problem := _noop_problem(config.classroom_port)) is not None:
-        say(f"unhealthy: the classroom port {config.classroom_port}: {problem}", error=True)
         return 1
     return 0
 
 
-def _noop_problem(port: int) -> str | None:
-    """What is wrong with the SMTP server on `port` when it does not answer NOOP with 250."""
+def _noop_problem(path: Path) -> str | None:
+    """What is wrong when the server's health listener (a unix socket at `path`) does not answer NOOP with 250.
+
+    The connection is never asked about faults (`serve` gives that listener no rules), so
+    the health check neither meets a rule nor counts for one.
+    """
     try:
-        # A fixed local name: smtplib would otherwise look its own up, a DNS query per check.
-        with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost", timeout=5) as client:
+        # LMTP, for a client that connects to a unix socket: NOOP needs no LHLO. A fixed local
+        # name: smtplib would otherwise look its own up, a DNS query per check.
+        with smtplib.LMTP(str(path), local_hostname="localhost", timeout=5) as client:
             code, reply = client.noop()
     except (OSError, smtplib.SMTPException) as exc:
-        return str(exc)
-    return None if code == 250 else f"NOOP answered {code} {reply.decode(errors='replace')}"
+        return f"the health socket {path}: {exc}"
+    return None if code == 250 else f"the health socket {path}: NOOP answered {code} {reply.decode(errors='replace')}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -127,7 +176,7 @@ class JsonFormatter(logging.Formatter):
     ensure_ascii, every non-ASCII one (C1, U+2028 ...): the line is plain ASCII."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -137,6 +186,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
+        # Structured fields, given as `extra={"event": {...}}` (a fault: chaos.py), as an object of their own.
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            entry["event"] = event
         return json.dumps(entry, ensure_ascii=True)
 
 
@@ -189,21 +242,30 @@ def serve(config: ServerConfig) -> int:
         return 1
     # One Sessions for both ports: one connection limit, one shutdown.
     sessions = Sessions(config.max_connections)
-    handler = ForwardHandler(store, config)
+    chaos = Chaos(config.chaos)
+    keeper = ChaosKeeper(chaos, config.chaos_dir, config.chaos)
+    keeper.load()  # rules.json, which wins over MAILLAB_CHAOS, applies from the first connection
+    handler = ForwardHandler(store, config, chaos)
+    # The health check's listener: the lab's protocol with rules of its own, none, and a count of
+    # its own, so that it never meets a fault, never counts for a rule, never takes a client's place.
+    health_sessions = Sessions(HEALTH_CONNECTIONS)
     try:
         factory = protocol_factory(handler, config, sessions)
+        health = protocol_factory(handler, config, health_sessions, chaos=Chaos())
     except (OSError, ValueError, ssl.SSLError) as exc:
         log.error("cannot set up TLS: %s", exc)
         return 1
     classroom = classroom_factory(handler, config, sessions) if config.classroom_port else None
-    return run(_serve(config, factory, classroom, sessions))
+    return run(_serve(config, factory, classroom, health, (sessions, health_sessions), keeper))
 
 
 async def _serve(
     config: ServerConfig,
     factory: Callable[[], LabSMTP],
     classroom: Callable[[], ClassroomSMTP] | None,
-    sessions: Sessions,
+    health: Callable[[], LabSMTP],
+    sessions: tuple[Sessions, ...],  # the lab's, and the health listener's
+    keeper: ChaosKeeper,
 ) -> int:
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
@@ -218,19 +280,66 @@ async def _serve(
             for server in servers:
                 server.close()
             return 1
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("listening on %s:%d, storing in %s", config.listen_host, config.port, config.forward_dir)
-    if classroom is not None:
-        log.info("listening on %s:%d (classroom dialect)", config.listen_host, config.classroom_port)
-    await stop.wait()
-    log.info("stopping: no new connections; messages being received get %.0fs to finish", config.shutdown_grace)
-    for server in servers:
-        server.close()
-    await sessions.shut_down(config.shutdown_grace)
-    log.info("stopped")
-    return 0
+    path = config.health_socket_path
+    try:
+        _clear_stale_socket(path)
+        servers.append(await loop.create_unix_server(health, path=str(path)))
+        bound = path.lstat()
+    except OSError as exc:
+        log.error("cannot listen on the health socket %s: %s", path, exc)
+        for server in servers:
+            server.close()
+        return 1
+    try:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("listening on %s:%d, storing in %s", config.listen_host, config.port, config.forward_dir)
+        if classroom is not None:
+            log.info("listening on %s:%d (classroom dialect)", config.listen_host, config.classroom_port)
+        log.info("listening on %s for the health check, out of fault injection's reach", path)
+        watching = asyncio.create_task(keeper.run())
+        await stop.wait()
+        log.info("stopping: no new connections; messages being received get %.0fs to finish", config.shutdown_grace)
+        for server in servers:
+            server.close()
+        await asyncio.gather(*(each.shut_down(config.shutdown_grace) for each in sessions))
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await keeper.save()  # the last counts
+        log.info("stopped")
+        return 0
+    finally:
+        _remove_socket(path, bound)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove the socket a server that is gone left at `path`; OSError when a server still listens there.
+
+    Anything at `path` that is not a socket stays: the bind then fails on it.
+    """
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            path.unlink()
+            return
+    raise OSError(errno.EADDRINUSE, "another server listens on it")
+
+
+def _remove_socket(path: Path, bound: os.stat_result) -> None:
+    """Remove the socket this server bound at `path`, unless another has taken its place since."""
+    with contextlib.suppress(OSError):
+        now = path.lstat()
+        if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
+            path.unlink()
 
 
 if __name__ == "__main__":

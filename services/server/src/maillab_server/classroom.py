@@ -57,6 +57,7 @@ from aiosmtpd.smtp import Session
 
 from maillab_common.addresses import InvalidAddress, normalise_domain, parse_mailbox, parse_path
 from maillab_common.classroom import CODES, is_domain
+from maillab_server.chaos import HangUp
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner
 from maillab_server.handler import ForwardHandler
@@ -134,7 +135,9 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         self._helo = False
         self._rfc_client = False  # it said EHLO: from then on, HELO and paths as RFC 5321 has them
         self._refusing = False
-        self.refused = False  # refused as it came: never a session
+        self._greeting_delay = 0.0  # a fault's, in seconds
+        # Refused as it came (or a fault replied or closed instead of the greeting): never a session.
+        self.refused = False
         self.in_data = False
         self.ended = asyncio.Event()  # set once the conversation is over (never, for a refused connection)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
@@ -155,6 +158,15 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
             transport.write(reply_line("500", f"{self._host} {reason}; try again later"))
             transport.close()  # once the reply is sent
             return
+        if (fault := self._handler.chaos.decide("connect", peer=transport.get_extra_info("peername"))) is not None:
+            if fault.action == "delay":
+                self._greeting_delay = fault.delay
+            else:  # a reply instead of the greeting, or none, and the connection closed
+                self.refused = True
+                if fault.action == "reply":
+                    transport.write(in_dialect(fault.reply))
+                transport.close()
+                return
         self._transport = transport
         self._sessions.open.add(self)
         super().connection_made(transport)
@@ -193,6 +205,7 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         self._writer = writer
         self._session.peer = writer.get_extra_info("peername")
         try:
+            await asyncio.sleep(self._greeting_delay)
             await self._say("220", f"{self._host} maillab classroom SMTP ready")
             while (line := await self._command_line()) is not None:
                 if self._refusing:
@@ -205,6 +218,9 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
                     await self._say("500", "Syntax error: command unrecognized")
                 elif not await command(arg.strip(" \t")):
                     return
+        except HangUp as hang_up:  # a fault (chaos.py): its reply, if any, then the close below
+            if hang_up.reply is not None:
+                await self._send(in_dialect(hang_up.reply))
         except (ConnectionError, OSError):
             pass  # the client went away
         except Exception:  # a bug: this connection ends, the server goes on
@@ -273,6 +289,8 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
                 "501", "Syntax: HELO domain (letters and digits, each dot-separated element starting with a letter)"
             )
             return True
+        if await self._faulted("helo"):
+            return True
         self._session.host_name = arg
         self._helo = True
         self._envelope = LabEnvelope()  # HELO starts afresh, as in RFC 5321
@@ -303,11 +321,23 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         else:
             await self._send(in_dialect(await hook(self._as_server, self._session, self._envelope, address, [])))
 
+    async def _faulted(self, stage: str) -> bool:
+        """Whether a fault at `stage` answered the command instead of the lab; HangUp goes up to `_converse`."""
+        envelope = self._envelope
+        reply = await self._handler.chaos.intervene(
+            stage, peer=self._session.peer, sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos)
+        )
+        if reply is not None:
+            await self._send(in_dialect(reply))
+        return reply is not None
+
     async def _data(self, arg: str) -> bool:
         if not self._envelope.rcpt_tos:
             await self._say("503", "Bad sequence of commands: RCPT TO first")
         elif arg:
             await self._say("501", "Syntax: DATA")
+        elif await self._faulted("data"):
+            self._envelope = LabEnvelope()  # refused as a whole: the client starts again with MAIL FROM
         else:
             self.in_data = True
             try:

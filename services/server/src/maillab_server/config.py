@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from maillab_common.chaos import ChaosSyntaxError, Rule, parse_rules
 from maillab_common.settings import ConfigError, env_bool, env_choice, env_float, env_int, env_str
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -37,6 +38,9 @@ class ServerConfig:
     require_tls: bool = False
     auth_users: tuple[tuple[str, str], ...] = ()  # (user, password)
     require_auth: bool = False
+    chaos: tuple[Rule, ...] = ()  # fault injection (docs/chaos.md), until rules.json in chaos_dir says otherwise
+    chaos_dir: Path = Path("/chaos")  # rules.json and state.json, shared with the inspector (chaos_live.py)
+    health_socket: Path | None = None  # the health check's unix socket; None: health_socket_path's default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -64,7 +68,18 @@ class ServerConfig:
             require_tls=env_bool(env, "MAILLAB_REQUIRE_TLS", cls.require_tls),
             auth_users=_auth_users(env_str(env, "MAILLAB_AUTH_USERS", "")),
             require_auth=env_bool(env, "MAILLAB_REQUIRE_AUTH", cls.require_auth),
+            chaos=_chaos_rules(env.get("MAILLAB_CHAOS", "")),
+            chaos_dir=Path(env_str(env, "MAILLAB_CHAOS_DIR", str(cls.chaos_dir))),
+            health_socket=_optional_path(env, "MAILLAB_HEALTH_SOCKET"),
         )._checked()
+
+    @property
+    def health_socket_path(self) -> Path:
+        """Where `serve` listens for the health check, out of fault injection's reach (__main__.py).
+
+        By default in /tmp, named after the SMTP port, so that servers on one host do not collide.
+        """
+        return self.health_socket or Path(f"/tmp/maillab-server-{self.port}.sock")
 
     def _checked(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -75,6 +90,8 @@ class ServerConfig:
             raise ConfigError("MAILLAB_REQUIRE_AUTH=true needs MAILLAB_AUTH_USERS (user:password,...)")
         if self.require_auth and not self.starttls:
             raise ConfigError("MAILLAB_REQUIRE_AUTH=true needs MAILLAB_STARTTLS=true: passwords go over TLS")
+        if self.health_socket is not None and not self.health_socket.is_absolute():
+            raise ConfigError(f"MAILLAB_HEALTH_SOCKET={str(self.health_socket)!r} is not an absolute path")
         return self
 
 
@@ -106,6 +123,13 @@ def _auth_users(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(users)
 
 
+def _chaos_rules(text: str) -> tuple[Rule, ...]:
+    try:
+        return parse_rules(text)
+    except ChaosSyntaxError as exc:
+        raise ConfigError(f"MAILLAB_CHAOS: {exc}") from None
+
+
 # Each setting's flag on `maillab-server serve`, and the variable it stands for: flags are
 # applied as variables, so that both go through the same checks. MAILLAB_CLASSROOM_PUBLISHED_PORT
 # has none: only compose sets it.
@@ -131,4 +155,7 @@ FLAGS = {
     "--require-tls": "MAILLAB_REQUIRE_TLS",
     "--auth-users": "MAILLAB_AUTH_USERS",
     "--require-auth": "MAILLAB_REQUIRE_AUTH",
+    "--chaos": "MAILLAB_CHAOS",
+    "--chaos-dir": "MAILLAB_CHAOS_DIR",
+    "--health-socket": "MAILLAB_HEALTH_SOCKET",
 }

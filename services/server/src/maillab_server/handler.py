@@ -1,6 +1,8 @@
 """The aiosmtpd handler: it checks addresses, renders records and hands them to the store.
 
 This is the only module that speaks SMTP replies; the store raises errors that carry them.
+Fault injection (chaos.py) has its say at MAIL, RCPT and the end of DATA here, where the
+lab's ESMTP port and the classroom port share it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from maillab_common.forward import (
     render_trace,
     to_mbox_line_endings,
 )
+from maillab_server.chaos import AFTER_STORE_DISCONNECT, Chaos, HangUp
 from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
 from maillab_server.spool import LabEnvelope, Spool
@@ -60,11 +63,16 @@ def _refused(session: Session, role: str, address: str, reply: str) -> str:
 
 
 class ForwardHandler:
-    """aiosmtpd's hooks; classroom.py calls MAIL's, RCPT's and DATA's too, which do not use `server`."""
+    """aiosmtpd's hooks; classroom.py calls MAIL's, RCPT's and DATA's too, which do not use `server`.
 
-    def __init__(self, store: ForwardStore, config: ServerConfig) -> None:
+    MAIL's, RCPT's and DATA's raise `HangUp` when a fault closes the connection: the protocol
+    closes it, with no reply or after the hang-up's own.
+    """
+
+    def __init__(self, store: ForwardStore, config: ServerConfig, chaos: Chaos | None = None) -> None:
         self._store = store
         self._config = config
+        self.chaos = Chaos(config.chaos) if chaos is None else chaos
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -79,6 +87,8 @@ class ForwardHandler:
             check_sender(address)
         except InvalidAddress as exc:
             return _refused(session, "sender", address, f"553 5.1.7 {exc}")
+        if (fault := await self.chaos.intervene("mail", peer=session.peer, sender=address)) is not None:
+            return fault
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -92,6 +102,9 @@ class ForwardHandler:
             check_recipient(address)
         except InvalidAddress as exc:
             return _refused(session, "recipient", address, f"553 5.1.3 {exc}")
+        fault = await self.chaos.intervene("rcpt", peer=session.peer, sender=envelope.mail_from, recipients=(address,))
+        if fault is not None:
+            return fault
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -104,6 +117,19 @@ class ForwardHandler:
         return Spool(self._store.root)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """Store the message, after fault injection's say: a message refused is never stored, and
+        one that a fault hangs up on after the store (the lost reply) is stored as any other."""
+        recipients = tuple(envelope.rcpt_tos)
+        fault = self.chaos.decide("data-end", peer=session.peer, sender=envelope.mail_from, recipients=recipients)
+        after_store = fault is not None and fault.action == AFTER_STORE_DISCONNECT
+        if fault is not None and not after_store and (reply := await fault.perform()) is not None:
+            return reply  # the spool, if any, is still the envelope's: its owner closes it
+        reply = await self._store_message(session, envelope)
+        if after_store and reply.startswith("250"):
+            raise HangUp()
+        return reply
+
+    async def _store_message(self, session: Session, envelope: Envelope) -> str:
         started = time.monotonic()
         transaction_id = secrets.token_hex(8).upper()
         spool = envelope.spool if isinstance(envelope, LabEnvelope) else None

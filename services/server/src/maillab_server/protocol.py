@@ -4,6 +4,10 @@
 and closed. On shutdown, a connection in the middle of DATA may finish its message; every
 other command, on every connection, is answered 421 and the connection closed.
 
+Fault injection (chaos.py) has its say here at connect, HELO/EHLO, AUTH and the reply to
+DATA; at MAIL, RCPT and the end of DATA the handler asks, and a `HangUp` it raises closes
+the connection here.
+
 This is the lab's policy only: what it needs of aiosmtpd's internals goes through
 smtp_base.py, the one module that touches them.
 """
@@ -22,6 +26,7 @@ from aiosmtpd.smtp import syntax
 
 from maillab_common.addresses import parse_path
 from maillab_common.esmtp import ONCE
+from maillab_server.chaos import Chaos, HangUp
 from maillab_server.config import ServerConfig
 from maillab_server.data import DataScanner, Problem
 from maillab_server.smtp_base import SMTPBase
@@ -131,7 +136,14 @@ class LabSMTP(SMTPBase):
     passed_parameters = frozenset({ONCE})
 
     def __init__(
-        self, handler: Any, *, sessions: Sessions, max_line_length: int, lenient: bool = False, **options: Any
+        self,
+        handler: Any,
+        *,
+        sessions: Sessions,
+        max_line_length: int,
+        lenient: bool = False,
+        chaos: Chaos | None = None,
+        **options: Any,
     ) -> None:
         self._lenient = lenient
         # aiosmtpd reads its limit (CRLF included, plus one) from this attribute as it starts.
@@ -142,7 +154,10 @@ class LabSMTP(SMTPBase):
         # Without users AUTH can only fail: it is neither advertised (see the handler's EHLO) nor taken.
         self.auth_enabled = options.get("authenticator") is not None
         self._auth_failures = 0
-        self.refused = False  # answered 421 as it came: aiosmtpd never saw the connection
+        self.refused = False  # answered 421 (or a fault's reply) as it came: aiosmtpd never saw the connection
+        self._chaos = Chaos() if chaos is None else chaos
+        self._greeting_delay = 0.0  # a fault's, in seconds: the greeting comes this late
+        self._hung_up = False  # a fault closed the connection: nothing more is said on it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # The second call, after STARTTLS, finds the connection already counted.
@@ -153,6 +168,19 @@ class LabSMTP(SMTPBase):
             connection.write(f"421 4.3.2 {self.hostname} {reason}; try again later\r\n".encode())
             connection.close()  # once the reply is sent
             return
+        if (
+            self.transport is None
+            and (fault := self._chaos.decide("connect", peer=transport.get_extra_info("peername"))) is not None
+        ):
+            if fault.action == "delay":
+                self._greeting_delay = fault.delay
+            else:  # a reply instead of the greeting, or none, and the connection closed
+                self.refused = True
+                stream: Any = transport
+                if fault.action == "reply":
+                    stream.write(f"{fault.reply}\r\n".encode())
+                stream.close()
+                return
         super().connection_made(transport)
         self._sessions.open.add(self)
 
@@ -171,10 +199,65 @@ class LabSMTP(SMTPBase):
             super().eof_received()
         return False
 
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname or not await self.faulted("helo"):
+            await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname or not await self.faulted("helo"):
+            await super().smtp_EHLO(hostname)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        try:
+            await super().smtp_MAIL(arg)  # the handler's hook has chaos's say
+        except HangUp as hang_up:
+            await self.hang_up_for(hang_up)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        try:
+            await super().smtp_RCPT(arg)
+        except HangUp as hang_up:
+            await self.hang_up_for(hang_up)
+
+    async def faulted(self, stage: str) -> bool:
+        """Whether a fault at `stage` answered the command (or closed the connection) instead of the lab."""
+        assert self.session is not None and self.envelope is not None
+        envelope = self.envelope
+        try:
+            reply = await self._chaos.intervene(
+                stage, peer=self.session.peer, sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos)
+            )
+        except HangUp as hang_up:
+            await self.hang_up_for(hang_up)
+            return True
+        if reply is None:
+            return False
+        await self.push(reply)
+        return True
+
+    async def hang_up_for(self, hang_up: HangUp) -> None:
+        """Close as a fault says: after its reply (a 421), or without one; nothing more is said after."""
+        if hang_up.reply is not None:
+            await self.push(hang_up.reply)
+        self._hung_up = True
+
+        async def ignored(arg: str | None) -> None:
+            """Pipelined commands read before the close: not acted on (a DATA after it stores nothing)."""
+
+        self.answer_every_command_with(ignored)
+        if self.transport is not None:
+            self.transport.close()  # once what was said before has gone
+
     @syntax("AUTH <mechanism>", when="auth_enabled")
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.auth_enabled:
             await self.push("502 5.5.1 AUTH not available: this server has no users")
+            return
+        if await self.faulted("auth"):
             return
         failures = self._auth_failures
         await super().smtp_AUTH(arg)  # its 535 reply goes through push(), which counts and delays it
@@ -207,6 +290,9 @@ class LabSMTP(SMTPBase):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        if await self.faulted("data"):
+            self.end_transaction()  # refused as a whole: the client starts again with MAIL
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         handler: Any = self.event_handler
         scanner = DataScanner(
@@ -229,7 +315,12 @@ class LabSMTP(SMTPBase):
                 await self.push(problem.value)
                 return
             hook = getattr(handler, "handle_DATA", None)
-            status = "250 OK" if hook is None else await hook(self, self.session, envelope)
+            try:
+                status = "250 OK" if hook is None else await hook(self, self.session, envelope)
+            except HangUp as hang_up:
+                self.end_transaction()
+                await self.hang_up_for(hang_up)
+                return
             self.end_transaction()
             await self.push(status)
         finally:
@@ -237,6 +328,11 @@ class LabSMTP(SMTPBase):
                 envelope.spool.close()
 
     async def push(self, status: str | bytes) -> None:
+        if self._hung_up:
+            return  # a fault closed the connection: pipelined commands read before it get no reply
+        if self._greeting_delay:  # the first reply is the greeting
+            delay, self._greeting_delay = self._greeting_delay, 0.0
+            await asyncio.sleep(delay)
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
         # recognized'); a CR, NUL or other control byte there would break the reply's line.
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
@@ -291,12 +387,19 @@ class LabSMTP(SMTPBase):
             self.transport.close()
 
 
-def protocol_factory(handler: Any, config: ServerConfig, sessions: Sessions) -> Callable[[], LabSMTP]:
-    """What the event loop calls for each connection: the server's whole SMTP configuration."""
+def protocol_factory(
+    handler: Any, config: ServerConfig, sessions: Sessions, *, chaos: Chaos | None = None
+) -> Callable[[], LabSMTP]:
+    """What the event loop calls for each connection: the server's whole SMTP configuration.
+
+    Fault injection is the handler's (ForwardHandler.chaos), shared by both ports, unless
+    `chaos` is given: the health listener's is an empty Chaos(), which no rule reaches.
+    """
     return partial(
         LabSMTP,
         handler,
         sessions=sessions,
+        chaos=getattr(handler, "chaos", None) if chaos is None else chaos,
         max_line_length=config.max_line_length,
         lenient=config.lenient_line_endings,
         hostname=config.hostname,

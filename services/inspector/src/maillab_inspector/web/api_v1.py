@@ -258,6 +258,9 @@ def validation_problems(exc: ValidationError | RequestValidationError) -> str:
     """Each problem pydantic found, as `where: what`, where is a parameter's name or a path in the body."""
     problems = []
     for error in exc.errors():
+        if error.get("type") == "json_invalid":  # FastAPI places it at ("body", 0): no field of the body
+            problems.append(f"the body is not JSON: {error.get('ctx', {}).get('error', 'invalid')}")
+            continue
         location = [str(part) for part in error.get("loc", ()) if part not in ("query", "path", "header", "body")]
         problems.append(f"{'.'.join(location) or 'the body'}: {error.get('msg', 'invalid')}")
     return "; ".join(problems[:5]) or "invalid"
@@ -269,22 +272,23 @@ def validation_problems(exc: ValidationError | RequestValidationError) -> str:
 class ApiError(Exception):
     """An answer other than the one asked for: its status and `{"error": ...}` (app.py turns it into JSON)."""
 
-    def __init__(self, status: int, error: str, position: int | None = None) -> None:
+    def __init__(self, status: int, error: str, position: int | None = None, *, rule: int | None = None) -> None:
         super().__init__(error)
-        self.status, self.error, self.position = status, error, position
+        self.status, self.error, self.position, self.rule = status, error, position, rule
 
     def body(self) -> dict[str, object]:
-        return {"error": self.error} | ({} if self.position is None else {"position": self.position})
+        located = {"position": self.position, "rule": self.rule}
+        return {"error": self.error} | {name: value for name, value in located.items() if value is not None}
 
 
-def _described(description: str) -> dict[str, Any]:
+def described(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
 Responses = dict[int | str, dict[str, Any]]  # the other answers of a route, for the OpenAPI document
-BAD_PARAMETER: Responses = {400: _described("A bad parameter: `error` names it")}
-UNKNOWN: Responses = {404: _described("No such message (or it was deleted)")}
-GONE: Responses = {410: _described("Its forward file changed since it was catalogued: run `inspector reindex`")}
+BAD_PARAMETER: Responses = {400: described("A bad parameter: `error` names it")}
+UNKNOWN: Responses = {404: described("No such message (or it was deleted)")}
+GONE: Responses = {410: described("Its forward file changed since it was catalogued: run `inspector reindex`")}
 
 
 # -- the web application's state ------------------------------------------------------
@@ -329,11 +333,13 @@ class Streams:
 
 @dataclass
 class WebState:
-    """What every route reads: the catalogue, the forward folder its records are in, the latest manifest."""
+    """What every route reads: the catalogue, the forward folder its records are in, the latest manifest,
+    and the folder of the fault-injection rules the server watches."""
 
     catalogue: Catalogue
     forward_root: Path
     manifest: Path | None
+    chaos_dir: Path
     keepalive: float = KEEPALIVE_SECONDS
     streams: Streams = field(default_factory=Streams)
     details: DetailCache = field(default_factory=lambda: DetailCache())
@@ -551,7 +557,7 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
 
-def _answers(*groups: Responses) -> Responses:
+def answers(*groups: Responses) -> Responses:
     merged: Responses = {}
     for group in groups:
         merged.update(group)
@@ -580,7 +586,7 @@ MESSAGE_LINKS = {
 @router.get(
     "/messages",
     response_model=MessagePage,
-    responses=_answers({200: {"description": "A page of summaries", "links": MESSAGE_LINKS}}, BAD_PARAMETER),
+    responses=answers({200: {"description": "A page of summaries", "links": MESSAGE_LINKS}}, BAD_PARAMETER),
 )
 def list_messages(
     state: State,
@@ -609,7 +615,7 @@ def delete_messages(state: State, chosen: Selected) -> dict[str, object]:
     return {"deleted": state.catalogue.delete(chosen.query, chosen.domain)}
 
 
-@router.get("/messages/{id}", response_model=MessageDetail, responses=_answers(UNKNOWN, GONE))
+@router.get("/messages/{id}", response_model=MessageDetail, responses=answers(UNKNOWN, GONE))
 def get_message(state: State, id: str) -> dict[str, object]:
     """One message: its envelope, every header, the text and HTML bodies, the attachments."""
     return detail_document(open_message(state, id))
@@ -618,7 +624,7 @@ def get_message(state: State, id: str) -> dict[str, object]:
 @router.get(
     "/messages/{id}/raw",
     response_class=RawMessage,
-    responses=_answers({200: _binary("message/rfc822", "The message's bytes as the client sent them")}, UNKNOWN, GONE),
+    responses=answers({200: _binary("message/rfc822", "The message's bytes as the client sent them")}, UNKNOWN, GONE),
 )
 def get_raw(state: State, id: str) -> Response:
     """The exact bytes of the message, as the client sent them (the forward file's mbox escaping undone)."""
@@ -631,7 +637,7 @@ def get_raw(state: State, id: str) -> Response:
 @router.get(
     "/messages/{id}/attachments/{n}",
     response_class=Response,
-    responses=_answers({200: _binary("*/*", "The decoded attachment, as a download")}, BAD_PARAMETER, UNKNOWN, GONE),
+    responses=answers({200: _binary("*/*", "The decoded attachment, as a download")}, BAD_PARAMETER, UNKNOWN, GONE),
 )
 def get_attachment(state: State, id: str, n: int) -> Response:
     """Attachment `n` (its `index`), decoded, with its type and a safe file name."""
@@ -649,10 +655,10 @@ def get_attachment(state: State, id: str, n: int) -> Response:
 @router.get(
     "/messages/{id}/html",
     response_class=HtmlPreview,
-    responses=_answers(
+    responses=answers(
         {
             200: {"description": "The HTML body, under a policy that runs nothing and loads nothing remote"},
-            404: _described("No such message, or it has no HTML body"),
+            404: described("No such message, or it has no HTML body"),
         },
         GONE,
     ),
@@ -686,7 +692,7 @@ def get_domains(state: State) -> list[dict[str, object]]:
 @router.get(
     "/wait",
     response_model=WaitResult,
-    responses=_answers(
+    responses=answers(
         {
             200: {"description": "Enough messages match", "links": MESSAGE_LINKS},
             408: {"model": WaitResult, "description": "The timeout passed first: what matched by then"},
@@ -727,7 +733,7 @@ async def wait(
 @router.get(
     "/events",
     response_class=EventStream,
-    responses=_answers(
+    responses=answers(
         {
             200: {
                 "description": "Server-Sent Events: `id: <seq>`, `event: message`, `data: <a message summary as JSON>`",
@@ -799,8 +805,8 @@ async def next_commit(catalogue: Catalogue, after: int, timeout: float, closing:
     "/verify",
     response_model=VerifyReport,
     response_model_exclude_none=True,
-    responses=_answers(
-        {400: _described("The body is not an agent manifest"), 413: _described("The body is over 256 MiB")}
+    responses=answers(
+        {400: described("The body is not an agent manifest"), 413: described("The body is over 256 MiB")}
     ),
     openapi_extra={
         "requestBody": {
@@ -841,10 +847,10 @@ def verify_posted_body(state: WebState, body: bytes) -> dict[str, object]:
     "/verify/latest",
     response_model=VerifyReport,
     response_model_exclude_none=True,
-    responses=_answers(
+    responses=answers(
         {
-            404: _described("No manifest is configured, or there is none at its path yet"),
-            400: _described("The file at the manifest path is not an agent manifest"),
+            404: described("No manifest is configured, or there is none at its path yet"),
+            400: described("The file at the manifest path is not an agent manifest"),
         }
     ),
 )

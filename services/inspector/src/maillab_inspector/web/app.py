@@ -32,7 +32,8 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maillab_inspector.catalogue import Catalogue
-from maillab_inspector.web import api_v1, pages
+from maillab_inspector.config import InspectorConfig
+from maillab_inspector.web import api_v1, chaos, pages
 from maillab_inspector.web.api_v1 import KEEPALIVE_SECONDS, ApiError, WebState
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,19 @@ def create_app(
     *,
     keepalive: float = KEEPALIVE_SECONDS,
     hosts: Collection[str] | None = None,
+    chaos_dir: Path = InspectorConfig.chaos_dir,
 ) -> FastAPI:
     """The web view and the API over `catalogue`, whose records are in the folder `forward_root`.
 
     `manifest`: the latest batch manifest (`/api/v1/verify/latest`, the /verify page), if any.
     `keepalive`: seconds between comments on an idle event stream.
-    `hosts`: the only names a request's Host (and a POST's or DELETE's Origin) may give; any when None.
+    `hosts`: the only names a request's Host (and the Origin of a request that changes something) may give;
+    any when None.
+    `chaos_dir`: the fault-injection rules' folder, shared with the server (/api/v1/chaos, the /chaos page).
     """
-    state = WebState(catalogue=catalogue, forward_root=forward_root, manifest=manifest, keepalive=keepalive)
+    state = WebState(
+        catalogue=catalogue, forward_root=forward_root, manifest=manifest, chaos_dir=chaos_dir, keepalive=keepalive
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +83,7 @@ def create_app(
     )
     app.state.web = state
     app.include_router(api_v1.router)
+    app.include_router(chaos.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_exception_handler(ApiError, _api_error)
@@ -122,7 +129,7 @@ def _methods(request: Request) -> list[str]:
     """Every method some route takes at the request's path."""
     scope = {**request.scope, "method": "GET"}
     methods: set[str] = set()
-    for route in (*api_v1.router.routes, *pages.router.routes):
+    for route in (*api_v1.router.routes, *chaos.router.routes, *pages.router.routes):
         if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
             methods |= route.methods
     return sorted(methods)
@@ -188,8 +195,8 @@ class SecurityHeaders:
 
 
 class KnownHostsOnly:
-    """Refuses a request whose Host is neither an IP address nor one of `hosts` (421), and a POST or
-    DELETE whose Origin is neither (403).
+    """Refuses a request whose Host is neither an IP address nor one of `hosts` (421), and a request
+    that may change something (any method but GET and HEAD: POST, PUT, DELETE) whose Origin is neither (403).
 
     A lab on 127.0.0.1 is still reachable from any web page its user visits, through DNS
     rebinding: the page's own name made to point at 127.0.0.1 makes its requests same-origin
