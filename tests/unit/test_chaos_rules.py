@@ -1,10 +1,22 @@
-"""The fault-injection rules' syntax (maillab_common.chaos): good rules, bad ones and where, reserved addresses."""
+"""The fault-injection rules' syntax (maillab_common.chaos): good and bad rules, positions, canonical text, reserved."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from maillab_common.chaos import ChaosSyntaxError, Rule, parse_rules, render_rules, reserved_reply
+from maillab_common.chaos import (
+    MATCHABLE,
+    MAX_DELAY_MS,
+    STAGES,
+    ChaosSyntaxError,
+    Rule,
+    parse_rules,
+    render_rules,
+    reserved_reply,
+)
+from maillab_server.chaos_cli import pointed
 
 
 @pytest.mark.parametrize(
@@ -48,6 +60,10 @@ def test_rules_are_separated_by_semicolons_and_blank_ones_are_nothing() -> None:
         ("rcpt reply=200", 1, 12, "4xx or 5xx code"),
         ("rcpt reply=451:", 1, 12, "no text after its colon"),
         ('rcpt reply="451:x', 1, 12, "without its closing quote"),
+        ('rcpt reply=451 to="a""b"', 1, 22, "a second quote right after a quoted value"),
+        ('rcpt reply=451 to=a"b"', 1, 20, "a quote inside a term"),
+        ('rcpt reply=451 to="a;b"', 1, 19, "without blanks, ; or quotes"),
+        ('rcpt reply=451 to="a b"', 1, 19, "without blanks, ; or quotes"),
         ("mail reply=451 to=*@x", 1, 16, "to= cannot match at mail"),
         ("connect disconnect to=*@x", 1, 20, "to= cannot match at connect"),
         ("rcpt reply=451 disconnect", 1, 16, "one action"),
@@ -95,3 +111,77 @@ def test_a_match_is_a_glob_over_lower_case_addresses() -> None:
     assert not rule.matches(None, ("a@flaky.test",))
     [data] = parse_rules("data reply=451 to=*@flaky.test")
     assert data.matches("x@y.test", ("a@steady.test", "b@flaky.test")), "any recipient"
+
+
+# -- the canonical text reads back: str(rule) is what `chaos show` prints and the /chaos form holds --
+
+# Printable, without blanks, `;` or quotes: any letter, mark, number, punctuation or symbol.
+_GLOB = st.text(
+    st.characters(whitelist_categories=("L", "M", "N", "P", "S"), blacklist_characters=';"'), min_size=1, max_size=12
+)
+
+
+@st.composite
+def rule_texts(draw: st.DrawFn) -> str:
+    """A rule's text from the grammar: its terms in any order, in any case, values bare or quoted."""
+    stage = draw(st.sampled_from(STAGES))
+    actions = [
+        st.builds(lambda c: f"reply={c}", st.integers(400, 599)),
+        st.builds(
+            lambda c, t: f'reply="{c}:{t}"',
+            st.integers(400, 599),
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters='"'), min_size=1),
+        ),
+        st.just("disconnect"),
+        st.builds(lambda ms: f"delay={ms}", st.integers(1, MAX_DELAY_MS)),
+    ]
+    if stage == "data-end":
+        actions.append(st.just("after-store-disconnect"))
+    terms = [draw(st.one_of(actions))]
+    for key in MATCHABLE[stage]:
+        if draw(st.booleans()):
+            glob = draw(_GLOB)
+            terms.append(f'{key}="{glob}"' if draw(st.booleans()) else f"{key}={glob}")
+    trigger = draw(st.sampled_from(["", "p", "times", "every"]))
+    if trigger == "p":
+        p = draw(st.floats(0.0, 1.0))
+        terms.append("p=" + draw(st.sampled_from([repr(p), f"{p:.17f}", f"{p:e}", f"{p:g}"])))
+        if draw(st.booleans()):
+            terms.append(f"seed={draw(st.integers(0, 2**63 - 1))}")
+    elif trigger:
+        terms.append(f"{trigger}={draw(st.integers(1, 2**31 - 1))}")
+    order = draw(st.permutations(terms))
+    return " ".join([stage.upper() if draw(st.booleans()) else stage, *order])
+
+
+@given(st.lists(rule_texts(), max_size=4))
+def test_any_rule_reads_back_equal_from_its_canonical_text(texts: list[str]) -> None:
+    rules = parse_rules("; ".join(texts))
+    assert len(rules) == len(texts)
+    for rule in rules:
+        assert parse_rules(str(rule)) == (rule,)
+    assert parse_rules(render_rules(rules)) == rules
+
+
+@given(st.text(st.sampled_from(list('rcpt reply=451:x "; to=*@a.test p=0.5 seed=1 times=2 data-end'))))
+def test_whatever_text_parses_reads_back_equal(text: str) -> None:
+    try:
+        rules = parse_rules(text)
+    except ChaosSyntaxError:
+        return
+    assert parse_rules(render_rules(rules)) == rules
+
+
+def test_a_probability_reads_back_exactly() -> None:
+    [rule] = parse_rules("rcpt reply=451 p=0.123456789")
+    assert str(rule) == "rcpt reply=451 p=0.123456789"
+
+
+def test_the_cli_caret_stands_under_the_bad_term_after_wide_characters() -> None:
+    text = "rcpt reply=451 to=日本@😀.test x=1"
+    with pytest.raises(ChaosSyntaxError) as raised:
+        parse_rules(text)
+    line, caret = pointed(text, raised.value.position)
+    assert line == f"  {text}"
+    # Columns: "  rcpt reply=451 to=" 20, 日本 4, "@" 1, 😀 2, ".test " 6: a terminal shows x at column 33.
+    assert caret == " " * 33 + "^"

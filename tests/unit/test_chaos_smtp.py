@@ -9,7 +9,9 @@ the forward files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import smtplib
 import socket
@@ -28,11 +30,13 @@ from maillab_common.chaos_files import (
     FROM_ENVIRONMENT,
     FROM_FILE,
     RULES_FILE,
+    ChaosState,
     read_state,
     wait_applied,
     write_rules,
 )
 from maillab_common.esmtp import ONCE
+from maillab_server import chaos_live
 from maillab_server.chaos import Chaos
 from maillab_server.chaos_live import ChaosKeeper
 from maillab_server.handler import ForwardHandler
@@ -164,10 +168,15 @@ def test_disconnect_closes_without_a_reply_and_nothing_is_stored(
     dialog = dial(server.port)
     assert dialog.command("EHLO client.test").startswith(b"250")
     commands = [f"MAIL FROM:<{SENDER}>", "RCPT TO:<b@one.test>", "DATA"]
-    for command in commands[: commands.index(next(c for c in commands if c.lower().startswith(stage[:4])))]:
+    faulted = ["mail", "rcpt", "data"].index(stage)
+    for command in commands[:faulted]:
         assert dialog.command(command).startswith(b"250")
-    dialog.send(f"{commands[['mail', 'rcpt', 'data'].index(stage)]}\r\n".encode())
+    # The rest of the transaction pipelined after the faulted command, the message included:
+    # a server that went on after the disconnect would store it.
+    rest = "".join(f"{command}\r\n" for command in commands[faulted:]).encode()
+    dialog.send(rest + MESSAGE + b".\r\n")
     assert closed(dialog)
+    time.sleep(0.2)
     assert count(server, "one.test") == 0
 
 
@@ -205,6 +214,21 @@ def test_rcpt_delay_answers_late_then_as_normal(start_server: StartServer) -> No
         assert time.monotonic() - started >= 0.3
         assert client.data(MESSAGE)[0] == 250
     assert count(server, "one.test") == 1
+
+
+def test_a_delay_in_one_session_holds_up_no_other(start_server: StartServer, dial: Dial) -> None:
+    server = with_rules(start_server, "rcpt delay=3000 to=slow@*")
+    slow = dial(server.port)
+    for command in ("EHLO client.test", f"MAIL FROM:<{SENDER}>"):
+        assert slow.command(command).startswith(b"250")
+    slow.send(b"RCPT TO:<slow@one.test>\r\n")  # its reply comes in 3 s
+    time.sleep(0.1)
+    started = time.monotonic()
+    assert send_raw(dial(server.port), ["b@two.test"]).startswith(b"250 2.0.0 OK: stored as ")
+    assert time.monotonic() - started < 1.5, "the other session went on meanwhile"
+    assert count(server, "two.test") == 1
+    assert slow.reply() == b"250 2.1.5 OK\r\n"
+    assert time.monotonic() - started >= 2.5
 
 
 def test_a_reserved_recipient_gets_its_reply_with_no_rules(start_server: StartServer) -> None:
@@ -346,6 +370,54 @@ def test_auth_reply_refuses_the_login(start_server: StartServer) -> None:
         assert client.login("lab", "secret")[0] == 235
 
 
+@pytest.mark.parametrize("rules", ["", "auth reply=535 times=3"])
+def test_a_faults_535_is_no_failed_login(start_server: StartServer, rules: str) -> None:
+    """A 535 that a rule or a reserved address gives is no wrong password: not delayed, not counted."""
+    server = with_rules(start_server, rules, auth_users=(("lab", "secret"),))
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        client.ehlo()
+        client.mail(SENDER)
+        client.user, client.password = "lab", "secret"
+        started = time.monotonic()
+        for _ in range(3):
+            if rules:
+                with pytest.raises(smtplib.SMTPAuthenticationError) as raised:
+                    client.auth("PLAIN", client.auth_plain)
+                assert raised.value.smtp_code == 535
+            else:
+                assert client.rcpt("rcpt-535@x.test")[0] == 535
+        assert time.monotonic() - started < 1.5, "answered at once"
+        client.rset()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as raised:
+            client.login("lab", "wrong")
+        assert raised.value.smtp_code == 535, "the connection's first wrong password: a plain 535, not a 421"
+        assert client.login("lab", "secret")[0] == 235
+
+
+# --- the idle timeout -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["connect", "helo", "mail", "rcpt", "data", "data-end"])
+def test_a_delay_longer_than_the_idle_timeout_is_answered_late_not_dropped(
+    start_server: StartServer, stage: str
+) -> None:
+    server = with_rules(start_server, f"{stage} delay=1500", idle_timeout=1.0)
+    started = time.monotonic()
+    with smtplib.SMTP(server.hostname, server.port, timeout=10) as client:
+        assert client.sendmail(SENDER, ["b@one.test"], MESSAGE) == {}
+        assert time.monotonic() - started >= 1.5
+    assert count(server, "one.test") == 1
+
+
+def test_the_idle_timeout_still_closes_after_a_delay(start_server: StartServer, dial: Dial) -> None:
+    server = with_rules(start_server, "helo delay=1500", idle_timeout=1.0)
+    dialog = dial(server.port)
+    assert dialog.command("EHLO client.test").startswith(b"250")
+    started = time.monotonic()
+    assert dialog.reply() == b"", "idle: closed"
+    assert 0.5 < time.monotonic() - started < 3.0
+
+
 # --- the classroom port ---------------------------------------------------------------------------
 
 
@@ -399,6 +471,34 @@ def test_the_classroom_port_after_store_disconnect_stores_once(start_server: Sta
     commands = [b"HELO student.example", b"MAIL FROM: <a@sender.example>", b"RCPT TO: <b@one.test>", b"DATA"]
     lines = classroom_lines(server, [*commands, b"Subject: hi\n\nhello\n.", b"NOOP"])
     assert [line[:3] for line in lines] == [b"220", b"250", b"250", b"250", b"354", b""]
+    assert count(server, "one.test") == 1
+
+
+def test_the_classroom_port_stores_nothing_for_a_client_gone_during_a_delay(start_server: StartServer) -> None:
+    """A course client that times out and sends again would get the message stored twice: no ONCE here."""
+    server = with_rules(start_server, "data-end delay=1500", classroom=True)
+    with socket.create_connection(("127.0.0.1", server.config.classroom_port), timeout=5) as connection:
+        replies = connection.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        for command in (b"HELO student.example", b"MAIL FROM: <a@sender.example>", b"RCPT TO: <b@one.test>"):
+            connection.sendall(command + b"\n")
+            assert replies.readline().startswith(b"250 ")
+        connection.sendall(b"DATA\n")
+        assert replies.readline().startswith(b"354 ")
+        connection.sendall(b"Subject: hi\n\nhello\n.\n")
+        time.sleep(0.2)
+        replies.close()
+    time.sleep(2.0)
+    assert count(server, "one.test") == 0
+    assert not server.sessions.open
+
+
+def test_the_classroom_port_delay_answers_late_and_stores(start_server: StartServer) -> None:
+    """Past the idle timeout too: the classroom port's runs only while it waits for the client."""
+    server = with_rules(start_server, "data-end delay=1500", classroom=True, idle_timeout=1.0)
+    commands = [b"HELO student.example", b"MAIL FROM: <a@sender.example>", b"RCPT TO: <b@one.test>", b"DATA"]
+    lines = classroom_lines(server, [*commands, b"Subject: hi\n\nhello\n.", b"QUIT"])
+    assert [line[:3] for line in lines] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
     assert count(server, "one.test") == 1
 
 
@@ -513,6 +613,65 @@ def test_rules_json_wins_over_maillab_chaos_and_its_removal_gives_it_back(
 
 
 # --- the command line -----------------------------------------------------------------------------
+
+
+def test_a_folder_that_cannot_be_written_says_which_rules_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rules.json still read (a read-only volume): the warning names it, not MAILLAB_CHAOS."""
+    write_rules(tmp_path, "rcpt reply=452", "cli")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    chaos = Chaos(parse_rules("rcpt reply=451"))
+    keeper = ChaosKeeper(chaos, tmp_path, parse_rules("rcpt reply=451"))
+    keeper.load()
+    assert [str(rule) for rule in chaos.rules] == ["rcpt reply=452"]
+
+    async def report() -> None:
+        watching = asyncio.create_task(keeper.run())
+        await asyncio.sleep(0.1)
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+
+    with caplog.at_level(logging.INFO, logger="maillab_server.chaos_live"):
+        asyncio.run(report())
+    [warning] = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.endswith(f"; {RULES_FILE} applies"), warning
+
+
+def test_a_save_waits_for_the_write_its_cancelled_caller_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher cancelled during a write of state.json (shutdown): the last save lands last."""
+    first_begun, release = threading.Event(), threading.Event()
+    written: list[int] = []
+
+    def write_state(directory: Path, state: ChaosState) -> None:
+        if not first_begun.is_set():
+            first_begun.set()
+            release.wait(5)
+        written.append(len(state.rules))
+
+    monkeypatch.setattr(chaos_live, "write_state", write_state)
+
+    async def shutdown() -> None:
+        chaos = Chaos()
+        keeper = ChaosKeeper(chaos, tmp_path, ())
+        watching = asyncio.create_task(keeper.save())
+        await asyncio.to_thread(first_begun.wait, 5)
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        chaos.apply(parse_rules("rcpt reply=451"), source=FROM_FILE)
+        last = asyncio.create_task(keeper.save())
+        await asyncio.sleep(0.1)
+        assert written == [], "the last save waits for the write under way"
+        release.set()
+        await last
+
+    asyncio.run(shutdown())
+    assert written == [0, 1]
 
 
 def chaos_cli(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

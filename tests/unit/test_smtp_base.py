@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,8 +71,8 @@ class ProbeSMTP(SMTPBase):
     envelope_class = ProbeEnvelope
     passed_parameters = frozenset({"XPROBE"})
 
-    def __init__(self, handler: Any) -> None:
-        super().__init__(handler, hostname="probe.test")
+    def __init__(self, handler: Any, timeout: float = 300) -> None:
+        super().__init__(handler, hostname="probe.test", timeout=timeout)
         self.parsed: list[str] = []
 
     def parse_address(self, arg: str) -> tuple[str | None, str | None]:
@@ -96,6 +97,13 @@ class ProbeSMTP(SMTPBase):
         self.answer_every_command_with(closed)
         await self.push("250 shut")
 
+    async def smtp_XHOLD(self, arg: str | None) -> None:
+        """Holds its reply back `arg` seconds, the idle timer pushed out first."""
+        seconds = float(arg or 0)
+        self.extend_idle_timeout(seconds)
+        await asyncio.sleep(seconds)
+        await self.push("250 held")
+
     async def smtp_XEND(self, arg: str | None) -> None:
         before = self.envelope
         self.end_transaction()
@@ -104,12 +112,13 @@ class ProbeSMTP(SMTPBase):
 
 
 class ProbeController(Controller):
-    def __init__(self, handler: RecordingHandler) -> None:
+    def __init__(self, handler: RecordingHandler, timeout: float = 300) -> None:
         self.protocols: list[ProbeSMTP] = []
+        self.timeout = timeout
         super().__init__(handler, hostname="127.0.0.1", port=free_port())
 
     def factory(self) -> ProbeSMTP:
-        protocol = ProbeSMTP(self.handler)
+        protocol = ProbeSMTP(self.handler, self.timeout)
         self.protocols.append(protocol)
         return protocol
 
@@ -203,6 +212,25 @@ def test_reader_is_the_stream_the_command_loop_reads(probe: ProbeController) -> 
     finally:
         dialog.close()
     assert bulk == f"250 4096 {SMTP.line_length_limit}".encode(), changed("SMTP._reader's limit", why)
+
+
+def test_reset_timeout_is_the_idle_timer(probe: ProbeController) -> None:
+    why = "holding the idle timer off while a fault's delay holds a reply back"
+    assert parameters(SMTP._reset_timeout) == ["self", "duration"], changed("SMTP._reset_timeout's parameters", why)
+    assert unchecked(probe.protocols[-1])._timeout_duration == 300, changed("SMTP._timeout_duration", why)
+    idle = ProbeController(RecordingHandler(), timeout=0.5)
+    idle.start()
+    try:
+        dialog = Dialog(idle)
+        try:
+            started = time.monotonic()
+            assert dialog.command("XHOLD 1.2") == b"250 held", changed("SMTP._reset_timeout (the idle timer)", why)
+            assert time.monotonic() - started >= 1.2
+            assert dialog.reply() == b"", changed("SMTP._reset_timeout (the idle timer still runs after)", why)
+        finally:
+            dialog.close()
+    finally:
+        idle.stop()
 
 
 class RecordingTransport(asyncio.Transport):

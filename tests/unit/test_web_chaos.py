@@ -8,8 +8,13 @@ server is exercised against the real inspector in tests/integration/test_chaos.p
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,14 +24,17 @@ from maillab_common.chaos_files import (
     FROM_FILE,
     ChaosState,
     RuleCount,
+    Superseded,
     now_iso,
     read_rules,
+    wait_applied,
     write_rules,
     write_state,
 )
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.web.app import create_app
-from maillab_inspector.web.chaos import APPLY_SECONDS
+from maillab_inspector.web.chaos import APPLY_SECONDS, BODY_BYTES, RULES_CHARACTERS
+from tests.helpers import run_cli
 from tests.unit.test_web_api import Lab, TestClient
 from tests.unit.test_web_api import lab as lab  # the fixture
 from tests.unit.test_web_pages import Page, page
@@ -37,10 +45,14 @@ HOSTILE = 'data-end reply="554:<script>alert(1)</script><b>x</b>&amp;"'
 
 
 class RulesApplier:
-    """Plays the server: applies each new rules file, as its watcher does, and reports it with zero counts."""
+    """Plays the server: applies each new rules file, as its watcher does, and reports it with zero counts.
 
-    def __init__(self, directory: Path) -> None:
+    `racer`: (rules, set_by) another writer sets over each change of the other's before it is applied.
+    """
+
+    def __init__(self, directory: Path, racer: tuple[str, str] | None = None) -> None:
         self.directory = directory
+        self.racer = racer
         self.applied: list[str] = []  # the generations, in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rules-applier", daemon=True)
@@ -57,6 +69,9 @@ class RulesApplier:
         while not self._stop.wait(0.02):
             rules = read_rules(self.directory)
             if rules is None or (self.applied and self.applied[-1] == rules.generation):
+                continue
+            if self.racer is not None and rules.set_by != self.racer[1]:
+                write_rules(self.directory, *self.racer)  # applied next time round, never the change it replaced
                 continue
             counts = tuple(RuleCount(rule=str(rule), fired=0, matched=0) for rule in parse_rules(rules.text))
             state = ChaosState(
@@ -184,6 +199,65 @@ def test_delete_clears_the_rules(client: TestClient, server: RulesApplier, chaos
     assert cleared is not None and cleared.text == "" and cleared.generation == server.applied[-1]
 
 
+@pytest.mark.parametrize("applied_before", [False, True])
+def test_a_change_replaced_by_another_writers_before_it_is_applied_is_a_409(
+    client: TestClient, chaos_dir: Path, applied_before: bool
+) -> None:
+    if applied_before:  # the server reports older rules: it must move past them, to the CLI's
+        write_state(
+            chaos_dir, ChaosState(generation="old", source=FROM_FILE, rules=(), reserved_fired=0, updated_at="")
+        )
+    with RulesApplier(chaos_dir, racer=(FLAKY, "cli")) as server:
+        started = time.monotonic()
+        response = client.put("/api/v1/chaos", json={"rules": "data disconnect"})
+        assert time.monotonic() - started < APPLY_SECONDS, "it need not wait for what will never come"
+    assert response.status_code == 409, response.text
+    later = read_rules(chaos_dir)
+    assert later is not None and later.set_by == "cli" and later.generation == server.applied[-1]
+    assert response.json() == {
+        "error": f"saved, but replaced by a later change (set by cli at {later.set_at}) "
+        "before the server applied this one"
+    }
+    report = client.get("/api/v1/chaos").json()
+    assert (report["rules"], report["pending"]) == ([{"rule": FLAKY, "fired": 0, "matched": 0}], None)
+
+
+def test_the_cli_says_when_its_change_was_replaced_by_another_writers(chaos_dir: Path) -> None:
+    with RulesApplier(chaos_dir, racer=(FLAKY, "http")):
+        result = run_cli(
+            "maillab_server", "chaos", "set", "data disconnect", env={**os.environ, "MAILLAB_CHAOS_DIR": str(chaos_dir)}
+        )
+    later = read_rules(chaos_dir)
+    assert later is not None and later.set_by == "http"
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: saved, but replaced by a later change (set by http at {later.set_at}) "
+        "before the server applied this one\n"
+    )
+
+
+def test_the_wait_for_a_change_ends_superseded_only_once_the_server_moves_on(chaos_dir: Path) -> None:
+    ours = write_rules(chaos_dir, "helo disconnect", "http")
+    before = "older"
+    write_state(chaos_dir, ChaosState(generation=before, source=FROM_FILE, rules=(), reserved_fired=0, updated_at=""))
+    later = write_rules(chaos_dir, FLAKY, "cli")
+    assert wait_applied(chaos_dir, ours.generation, 0.1, before=before) is None, "the server may apply ours yet"
+    moved = ChaosState(generation=later.generation, source=FROM_FILE, rules=(), reserved_fired=0, updated_at="")
+    write_state(chaos_dir, moved)
+    with pytest.raises(Superseded) as raised:
+        wait_applied(chaos_dir, ours.generation, 5.0, before=before)
+    assert raised.value.later == later
+    write_state(chaos_dir, replace(moved, generation=ours.generation))
+    assert wait_applied(chaos_dir, ours.generation, 0.1, before=before) is not None, "applied after all: not replaced"
+
+
+def test_the_files_are_readable_by_all_whoever_writes_them(chaos_dir: Path) -> None:
+    write_rules(chaos_dir, FLAKY, "cli")
+    write_state(chaos_dir, ChaosState(generation="", source=FROM_FILE, rules=(), reserved_fired=0, updated_at=""))
+    for name in ("rules.json", "state.json"):
+        assert stat.S_IMODE((chaos_dir / name).stat().st_mode) == 0o644
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [
@@ -222,9 +296,32 @@ def test_the_openapi_document_gives_every_answer_of_chaos(client: TestClient) ->
     operations = client.get("/api/v1/openapi.json").json()["paths"]["/api/v1/chaos"]
     assert set(operations) == {"get", "put", "delete"}
     assert set(operations["get"]["responses"]) == {"200", "503"}
-    assert set(operations["put"]["responses"]) == {"200", "202", "400", "503"}
-    assert set(operations["delete"]["responses"]) == {"200", "202", "503"}
+    assert set(operations["put"]["responses"]) == {"200", "202", "400", "409", "413", "503"}
+    assert set(operations["delete"]["responses"]) == {"200", "202", "409", "503"}
     assert operations["put"]["requestBody"]["required"] is True
+    schema = operations["put"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/ChaosRules"}
+    rules = client.get("/api/v1/openapi.json").json()["components"]["schemas"]["ChaosRules"]
+    assert rules["required"] == ["rules"] and rules["properties"]["rules"]["maxLength"] == RULES_CHARACTERS
+
+
+def test_a_body_over_128_kib_is_refused_before_it_is_read_whole(
+    client: TestClient, chaos_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("maillab_inspector.web.chaos.APPLY_SECONDS", 0.1)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"rules": "'
+        for _ in range(1024):  # 64 MiB if it were all read
+            yield b"x" * 65536
+
+    response = client.put("/api/v1/chaos", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"error": f"the body is over {BODY_BYTES // 1024} KiB"}
+    assert read_rules(chaos_dir) is None
+    within = json.dumps({"rules": "rcpt reply=451" + " " * (RULES_CHARACTERS - 20)}).encode()
+    assert BODY_BYTES > len(within) > RULES_CHARACTERS - 10
+    assert client.put("/api/v1/chaos", content=within).status_code == 202
 
 
 def test_another_sites_origin_and_an_unknown_host_may_not_change_the_rules(lab: Lab, chaos_dir: Path) -> None:

@@ -23,7 +23,7 @@ from functools import partial
 STAGES = ("connect", "helo", "mail", "rcpt", "data", "data-end", "auth")
 ACTIONS = ("reply", "disconnect", "delay", "after-store-disconnect")
 # What a match can look at, by stage: nothing is known of the envelope before MAIL.
-_MATCHABLE = {
+MATCHABLE = {
     "connect": (),
     "helo": (),
     "auth": (),
@@ -73,7 +73,7 @@ class Rule:
         terms = [self.stage, self.action_text]
         terms += [f"to={self.to}"] if self.to is not None else []
         terms += [f"from={self.sender}"] if self.sender is not None else []
-        terms += [f"p={self.probability:g}"] if self.probability is not None else []
+        terms += [f"p={self.probability!r}"] if self.probability is not None else []  # the shortest exact text
         terms += [f"seed={self.seed}"] if self.seed is not None else []
         terms += [f"times={self.times}"] if self.times is not None else []
         terms += [f"every={self.every}"] if self.every is not None else []
@@ -125,14 +125,22 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
             raise ChaosSyntaxError(len(rules) + 1, at + 1, f"{_shown(text[at])} cannot start a term")
         after = term.end()
         if after < len(text) and not (text[after].isspace() or text[after] == ";"):
-            reason = (
-                "a quoted value without its closing quote" if text[after] == '"' else "a term ends with a blank or ;"
-            )
-            raise ChaosSyntaxError(len(rules) + 1, after + 1, reason)
+            raise ChaosSyntaxError(len(rules) + 1, after + 1, _after_term(term, text[after]))
         value = term["quoted"] if term["quoted"] is not None else term["bare"]
         terms.append((at, term["key"], value))
         at = after
     return tuple(rules)
+
+
+def _after_term(term: re.Match[str], following: str) -> str:
+    """Why `following`, the character right after `term`, is out of place."""
+    if following != '"':
+        return "a term ends with a blank or ;"
+    if term["quoted"] is not None:
+        return "a second quote right after a quoted value: a value holds no quote, and terms are separated by blanks"
+    if term["bare"] == "":  # the quoted form did not match: no quote closes it
+        return "a quoted value without its closing quote"
+    return 'a quote inside a term: only a whole value is quoted, as in reply="451:try later"'
 
 
 def _rule(number: int, terms: list[tuple[int, str, str | None]]) -> Rule:
@@ -163,11 +171,11 @@ def _rule(number: int, terms: list[tuple[int, str, str | None]]) -> Rule:
             kind, fields["action"] = "action", "delay"
             fields["delay_ms"] = _whole(value, 1, MAX_DELAY_MS, "delay= takes milliseconds", bad)
         elif key in ("to", "from"):
-            if key not in _MATCHABLE[stage]:
-                known = " or ".join(f"{k}=" for k in _MATCHABLE[stage]) or "nothing"
+            if key not in MATCHABLE[stage]:
+                known = " or ".join(f"{k}=" for k in MATCHABLE[stage]) or "nothing"
                 raise fail(offset, f"{key}= cannot match at {stage}: there a rule can match {known}")
-            if not value or any(not c.isprintable() or c.isspace() for c in value):
-                raise bad(f"{key}= takes a glob over addresses, such as *@flaky.test")
+            if not value or any(not c.isprintable() or c.isspace() or c in ';"' for c in value):
+                raise bad(f"{key}= takes a glob over addresses, such as *@flaky.test, without blanks, ; or quotes")
             kind = key
             fields["to" if key == "to" else "sender"] = value.lower()
         elif key == "p":

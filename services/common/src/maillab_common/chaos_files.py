@@ -8,7 +8,9 @@
   rules and to know when a change has been applied.
 
 Each file is replaced whole (a temporary file renamed over it): a reader sees the old
-content or the new, never half of one.
+content or the new, never half of one. Both are readable by all (0644): a change made as
+root (`docker compose exec -u root server maillab-server chaos set ...`) stays readable by
+the services' own users.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ FROM_FILE, FROM_ENVIRONMENT, NO_RULES = "file", "environment", "none"
 
 class ChaosFileError(Exception):
     """A rules or state file that cannot be read or written, or that holds something else."""
+
+
+class Superseded(Exception):
+    """A change that another (`later`) replaced in the rules file before the server applied it: it never will."""
+
+    def __init__(self, later: RulesFile) -> None:
+        super().__init__(
+            f"replaced by a later change (set by {later.set_by} at {later.set_at}) before the server applied this one"
+        )
+        self.later = later
 
 
 @dataclass(frozen=True)
@@ -116,10 +128,22 @@ def read_state(directory: Path) -> ChaosState | None:
         raise ChaosFileError(f"{directory / STATE_FILE} is not the server's chaos state: {exc}") from None
 
 
-def wait_applied(directory: Path, generation: str, timeout: float) -> ChaosState | None:
+def applied_generation(directory: Path) -> str | None:
+    """The generation the server reports applied; None when it has reported nothing (readable)."""
+    try:
+        state = read_state(directory)
+    except ChaosFileError:
+        return None
+    return None if state is None else state.generation
+
+
+def wait_applied(directory: Path, generation: str, timeout: float, *, before: str | None = None) -> ChaosState | None:
     """The server's state once it reports `generation` applied; None if it has not within `timeout` s.
 
     A state whose `problem` is set for that generation also ends the wait: it was refused.
+    `before` is what `applied_generation` gave before the change was written. Raises Superseded
+    when another writer's change has replaced this one in the rules file and the server has
+    moved on from `before` to another generation than this one: this one it will never apply.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -129,9 +153,29 @@ def wait_applied(directory: Path, generation: str, timeout: float) -> ChaosState
             state = None  # a server of another version, say: as if it had not answered
         if state is not None and state.generation == generation:
             return state
+        if state is not None and state.generation != before:
+            try:
+                latest = read_rules(directory)
+            except ChaosFileError:
+                latest = None
+            if latest is not None and latest.generation != generation:
+                raise Superseded(latest)
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.05)
+
+
+def change_rules(directory: Path, text: str, set_by: str, timeout: float) -> ChaosState | None:
+    """Make `text` the rules (`write_rules`) and wait up to `timeout` s for the server to apply them.
+
+    The server's state once it reports them applied (or refused: `problem`), None when it has
+    not within `timeout`. Raises ChaosSyntaxError (nothing written), ChaosFileError, and
+    Superseded when another writer's change replaced them first. One contract for every way
+    of changing the rules: `maillab-server chaos` and the inspector's PUT and DELETE.
+    """
+    before = applied_generation(directory)
+    written = write_rules(directory, text, set_by)
+    return wait_applied(directory, written.generation, timeout, before=before)
 
 
 def _field(fields: Any, name: str, kind: type) -> Any:
@@ -160,6 +204,7 @@ def _replace(path: Path, content: dict[str, Any]) -> None:
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
+                os.fchmod(file.fileno(), 0o644)  # not mkstemp's 0600: a file root wrote stays readable
                 json.dump(content, file, ensure_ascii=True, indent=1)
                 file.flush()
                 os.fsync(file.fileno())

@@ -247,7 +247,9 @@ def serve(config: ServerConfig) -> int:
     keeper.load()  # rules.json, which wins over MAILLAB_CHAOS, applies from the first connection
     handler = ForwardHandler(store, config, chaos)
     # The health check's listener: the lab's protocol with rules of its own, none, and a count of
-    # its own, so that it never meets a fault, never counts for a rule, never takes a client's place.
+    # its own, so that the health check never meets a fault, never counts for a rule, never takes a
+    # client's place. It sends only NOOP: MAIL, RCPT and the end of DATA there would be the shared
+    # handler's, and meet the shared rules.
     health_sessions = Sessions(HEALTH_CONNECTIONS)
     try:
         factory = protocol_factory(handler, config, sessions)

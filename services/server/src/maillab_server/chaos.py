@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ from maillab_common.chaos import Rule, reserved_reply
 from maillab_common.chaos_files import FROM_ENVIRONMENT, NO_RULES, ChaosState, RuleCount, now_iso
 
 log = logging.getLogger(__name__)
+
+# Told a delay's length before it begins: what keeps a protocol's idle timer from cutting it short.
+BeforeDelay = Callable[[float], None]
 
 RESERVED = 0  # Fault.rule for a reserved recipient's reply
 AFTER_STORE_DISCONNECT = "after-store-disconnect"
@@ -57,12 +61,15 @@ class Fault:
             return f"delay={round(self.delay * 1000)}"
         return self.action
 
-    async def perform(self) -> str | None:
+    async def perform(self, before_delay: BeforeDelay | None = None) -> str | None:
         """The reply to give instead of the lab's; None to go on as normal. Raises HangUp to close.
 
-        `after-store-disconnect` is the caller's to act on, once the message is stored.
+        A delay is told to `before_delay` first. `after-store-disconnect` is the caller's to act
+        on, once the message is stored.
         """
         if self.action == "delay":
+            if before_delay is not None:
+                before_delay(self.delay)
             await asyncio.sleep(self.delay)
             return None
         if self.action == "disconnect":
@@ -166,11 +173,19 @@ class Chaos:
         return fault
 
     async def intervene(
-        self, stage: str, *, peer: Any, sender: str | None = None, recipients: tuple[str, ...] = ()
+        self,
+        stage: str,
+        *,
+        peer: Any,
+        sender: str | None = None,
+        recipients: tuple[str, ...] = (),
+        before_delay: BeforeDelay | None = None,
     ) -> str | None:
-        """`decide`, then act: the reply to give instead of the lab's, or None to go on. Raises HangUp."""
+        """`decide`, then act: the reply to give instead of the lab's, or None to go on. Raises HangUp.
+
+        A delay is told to `before_delay` (the protocol's idle timer) before it begins."""
         fault = self.decide(stage, peer=peer, sender=sender, recipients=recipients)
-        return None if fault is None else await fault.perform()
+        return None if fault is None else await fault.perform(before_delay)
 
     def _reserved(self, stage: str, recipients: tuple[str, ...]) -> Fault | None:
         if stage not in ("rcpt", "data-end"):
@@ -201,6 +216,13 @@ def peer_text(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
+def _sender_text(sender: str | None) -> str:
+    """The sender as a log line shows it: `<a@b.test>`, `<>` for the null sender, `-` before any MAIL."""
+    if sender is None:
+        return "-"
+    return "<>" if sender in ("", "<>") else f"<{sender}>"  # aiosmtpd keeps the null sender as "<>"
+
+
 def _log_fault(fault: Fault, peer: Any, sender: str | None, recipients: tuple[str, ...]) -> None:
     # Addresses are the client's text: the text formatter escapes their controls, JSON its own way.
     who = "reserved address" if fault.rule == RESERVED else f"rule {fault.rule}"
@@ -214,12 +236,12 @@ def _log_fault(fault: Fault, peer: Any, sender: str | None, recipients: tuple[st
         "to": list(recipients),
     }
     log.info(
-        "chaos: %s at %s: %s, peer %s from=<%s> to=%s",
+        "chaos: %s at %s: %s, peer %s from=%s to=%s",
         who,
         fault.stage,
         fault.described,
         peer_text(peer),
-        sender if sender is not None else "",
+        _sender_text(sender),
         ",".join(f"<{rcpt}>" for rcpt in recipients) or "-",
         extra={"event": event},
     )

@@ -3,8 +3,8 @@
 `set` checks the rules, writes them to rules.json in the chaos folder and waits for the
 server's state.json to report them applied; `show` prints that report with each rule's
 counts; `clear` sets no rules. The server applies a change within a second (chaos_live.py).
-Exit codes: 0 done, 1 not applied or a file that cannot be read or written, 2 a rule
-that does not parse.
+Exit codes: 0 done, 1 not applied (no server, refused, or replaced by a later change from
+another writer) or a file that cannot be read or written, 2 a rule that does not parse.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import typer
+from rich.cells import cell_len
 
 from maillab_common.chaos import ChaosSyntaxError, parse_rules
 from maillab_common.chaos_files import (
@@ -21,10 +22,10 @@ from maillab_common.chaos_files import (
     FROM_FILE,
     ChaosFileError,
     ChaosState,
+    Superseded,
+    change_rules,
     read_rules,
     read_state,
-    wait_applied,
-    write_rules,
 )
 from maillab_common.cli import EXIT_USAGE, fail, say
 from maillab_common.text import visible
@@ -68,16 +69,20 @@ def show_rules(directory: Path, *, as_json: bool) -> None:
 
 
 def pointed(text: str, position: int) -> tuple[str, str]:
-    """`text` on one line, its controls escaped, and a caret line under character `position` (from 1)."""
-    return f"  {visible(text)}", "  " + " " * len(visible(text[: position - 1])) + "^"
+    """`text` on one line, its controls escaped, and a caret line under character `position` (from 1).
+
+    The caret is placed by the columns a terminal gives the text before it: two for a wide character (CJK, emoji).
+    """
+    return f"  {visible(text)}", "  " + " " * cell_len(visible(text[: position - 1])) + "^"
 
 
 def _change(directory: Path, text: str) -> None:
     try:
-        written = write_rules(directory, text, "cli")
+        state = change_rules(directory, text, "cli", APPLY_TIMEOUT)
     except ChaosFileError as exc:
         fail(str(exc), EXIT_NOT_APPLIED)
-    state = wait_applied(directory, written.generation, APPLY_TIMEOUT)
+    except Superseded as exc:
+        fail(f"saved, but {exc}", EXIT_NOT_APPLIED)
     if state is None:
         fail(
             f"saved in {directory}, but the server has not applied it within {APPLY_TIMEOUT:.0f} s: is it running?",

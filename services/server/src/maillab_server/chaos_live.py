@@ -15,6 +15,7 @@ half second), and at shutdown, in a thread: its fsync never holds up a session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -50,6 +51,7 @@ class ChaosKeeper:
         self._written = -1  # chaos.changes when state.json was last written
         self._written_at = 0.0
         self._unwritable = False  # said once; said again only after a write succeeded
+        self._writing: asyncio.Task[None] | None = None  # the write of state.json under way, if any
         # While loading: the log lines (level, message, arguments) to write once the server listens.
         self._notes: list[tuple[int, str, tuple[object, ...]]] | None = None
 
@@ -57,17 +59,19 @@ class ChaosKeeper:
         """At start, before the server listens: the rules file's rules if there is one (logged later, by run:
         the server's first line says where it listens)."""
         self._notes = []
-        if not os.access(self.directory, os.W_OK | os.X_OK):
+        writable = os.access(self.directory, os.W_OK | os.X_OK)
+        self._seen = self._stat()
+        if self._seen is not None:
+            self._reload()  # a rules.json that can be read applies, even from a folder that cannot be written
+        if not writable:
             self._unwritable = True
             self._log(
                 logging.WARNING,
                 "chaos: the folder %s is missing or not writable: rules cannot be changed while the server"
-                " runs, and their counts are not reported; MAILLAB_CHAOS applies",
+                " runs, and their counts are not reported; %s applies",
                 self.directory,
+                RULES_FILE if self.chaos.source == FROM_FILE else "MAILLAB_CHAOS",
             )
-        self._seen = self._stat()
-        if self._seen is not None:
-            self._reload()
 
     async def run(self) -> None:
         """Report the rules, then watch the file until cancelled (then `save`)."""
@@ -88,7 +92,19 @@ class ChaosKeeper:
                 log.exception("chaos: watching %s failed", self.directory / RULES_FILE)
 
     async def save(self) -> None:
-        """Write state.json with the rules applied and their counts now."""
+        """Write state.json with the rules applied and their counts now.
+
+        One write at a time, in the order asked: a write whose caller was cancelled (the watcher,
+        at shutdown) goes on in its thread, and the next waits for it, so that the older state
+        never lands last.
+        """
+        while self._writing is not None and not self._writing.done():
+            with contextlib.suppress(Exception):  # its own caller, if any, heard of it
+                await asyncio.shield(self._writing)
+        self._writing = asyncio.create_task(self._write())
+        await asyncio.shield(self._writing)
+
+    async def _write(self) -> None:
         changes, state = self.chaos.changes, self.chaos.state()
         self._written, self._written_at = changes, time.monotonic()
         try:

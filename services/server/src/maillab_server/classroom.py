@@ -139,6 +139,9 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         # Refused as it came (or a fault replied or closed instead of the greeting): never a session.
         self.refused = False
         self.in_data = False
+        # The client sent its EOF or the connection closed: the handler stores nothing after a
+        # fault's delay then (the SMTP port's aiosmtpd cancels the whole session at either).
+        self.client_gone = False
         self.ended = asyncio.Event()  # set once the conversation is over (never, for a refused connection)
         self._commands: dict[str, Callable[[str], Awaitable[bool]]] = {
             "HELO": self._hello,
@@ -172,10 +175,18 @@ class ClassroomSMTP(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.client_gone = True
         if self.refused:
             return
         self._sessions.open.discard(self)
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool:
+        # What the client sent before its EOF is still read and answered (a course client may
+        # shut down its side and read on), except a message whose reply a fault delays: that
+        # one is not stored, as on the SMTP port, where an EOF ends the session at once.
+        self.client_gone = True
+        return bool(super().eof_received())
 
     # Shutdown (Sessions.shut_down): the next command is refused; hang_up says so now.
     def refuse_commands(self) -> None:

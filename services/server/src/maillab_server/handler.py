@@ -26,9 +26,10 @@ from maillab_common.forward import (
     render_trace,
     to_mbox_line_endings,
 )
-from maillab_server.chaos import AFTER_STORE_DISCONNECT, Chaos, HangUp
+from maillab_server.chaos import AFTER_STORE_DISCONNECT, BeforeDelay, Chaos, HangUp
 from maillab_server.config import ServerConfig
 from maillab_server.errors import StorageError
+from maillab_server.smtp_base import SMTPBase
 from maillab_server.spool import LabEnvelope, Spool
 from maillab_server.store import ForwardStore, Part
 
@@ -62,8 +63,24 @@ def _refused(session: Session, role: str, address: str, reply: str) -> str:
     return reply
 
 
+def _before_delay(server: Any) -> BeforeDelay | None:
+    """What keeps `server`'s idle timer from cutting a fault's delay short: aiosmtpd's timer, on
+    the SMTP port. The classroom port has none to keep: its idle timeout runs only while it reads."""
+    return server.extend_idle_timeout if isinstance(server, SMTPBase) else None
+
+
+def _client_gone(server: Any) -> bool:
+    """Whether the client of `server` went away (its EOF, or the connection closed).
+
+    The classroom port says so (`client_gone`); on the SMTP port aiosmtpd cancels the hook
+    itself when that happens.
+    """
+    return bool(getattr(server, "client_gone", False))
+
+
 class ForwardHandler:
-    """aiosmtpd's hooks; classroom.py calls MAIL's, RCPT's and DATA's too, which do not use `server`.
+    """aiosmtpd's hooks; classroom.py calls MAIL's, RCPT's and DATA's too, which ask `server` only
+    about a fault's delay (its idle timer, whether its client is gone).
 
     MAIL's, RCPT's and DATA's raise `HangUp` when a fault closes the connection: the protocol
     closes it, with no reply or after the hang-up's own.
@@ -87,7 +104,10 @@ class ForwardHandler:
             check_sender(address)
         except InvalidAddress as exc:
             return _refused(session, "sender", address, f"553 5.1.7 {exc}")
-        if (fault := await self.chaos.intervene("mail", peer=session.peer, sender=address)) is not None:
+        fault = await self.chaos.intervene(
+            "mail", peer=session.peer, sender=address, before_delay=_before_delay(server)
+        )
+        if fault is not None:
             return fault
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -102,7 +122,13 @@ class ForwardHandler:
             check_recipient(address)
         except InvalidAddress as exc:
             return _refused(session, "recipient", address, f"553 5.1.3 {exc}")
-        fault = await self.chaos.intervene("rcpt", peer=session.peer, sender=envelope.mail_from, recipients=(address,))
+        fault = await self.chaos.intervene(
+            "rcpt",
+            peer=session.peer,
+            sender=envelope.mail_from,
+            recipients=(address,),
+            before_delay=_before_delay(server),
+        )
         if fault is not None:
             return fault
         envelope.rcpt_tos.append(address)
@@ -118,12 +144,21 @@ class ForwardHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         """Store the message, after fault injection's say: a message refused is never stored, and
-        one that a fault hangs up on after the store (the lost reply) is stored as any other."""
+        one that a fault hangs up on after the store (the lost reply) is stored as any other.
+
+        A client that went away during a fault's delay gets nothing stored: it never hears of
+        the message, and would send it again (the classroom dialect has no XMAILLAB-ONCE).
+        """
         recipients = tuple(envelope.rcpt_tos)
         fault = self.chaos.decide("data-end", peer=session.peer, sender=envelope.mail_from, recipients=recipients)
         after_store = fault is not None and fault.action == AFTER_STORE_DISCONNECT
-        if fault is not None and not after_store and (reply := await fault.perform()) is not None:
-            return reply  # the spool, if any, is still the envelope's: its owner closes it
+        if fault is not None and not after_store:
+            # The spool, if any, stays the envelope's on every way out here: its owner closes it.
+            if (reply := await fault.perform(_before_delay(server))) is not None:
+                return reply
+            if _client_gone(server):
+                log.info("not stored: %r went away while its reply was delayed", session.peer)
+                raise HangUp()
         reply = await self._store_message(session, envelope)
         if after_store and reply.startswith("250"):
             raise HangUp()

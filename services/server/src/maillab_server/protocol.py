@@ -40,9 +40,10 @@ _DATA_READ = 256 * 1024
 # C0, DEL and C1 (CSI, OSC ...), line separators and bidi controls: what maillab_common.text
 # shows as escapes in logs goes back to a client as "?".
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-# Wrong credentials (535): the second and third answers each come two seconds late, and the
-# third is followed by 421 and a close. At most three guesses per connection, and every
-# guess after a connection's first costs the guesser two seconds, whether it stays or not.
+# Wrong credentials (535 from AUTH's own check, not a fault's 535): the second and third
+# answers each come two seconds late, and the third is followed by 421 and a close. At most
+# three guesses per connection, and every guess after a connection's first costs the guesser
+# two seconds, whether it stays or not.
 AUTH_FAILURES_BEFORE_CLOSE = 3
 AUTH_FAILURE_DELAY = 2.0  # seconds; an asyncio.sleep, so other sessions go on meanwhile
 _CREDENTIALS_INVALID = "535 "
@@ -154,6 +155,7 @@ class LabSMTP(SMTPBase):
         # Without users AUTH can only fail: it is neither advertised (see the handler's EHLO) nor taken.
         self.auth_enabled = options.get("authenticator") is not None
         self._auth_failures = 0
+        self._checking_credentials = False  # inside aiosmtpd's AUTH: a 535 now is a wrong password
         self.refused = False  # answered 421 (or a fault's reply) as it came: aiosmtpd never saw the connection
         self._chaos = Chaos() if chaos is None else chaos
         self._greeting_delay = 0.0  # a fault's, in seconds: the greeting comes this late
@@ -229,7 +231,11 @@ class LabSMTP(SMTPBase):
         envelope = self.envelope
         try:
             reply = await self._chaos.intervene(
-                stage, peer=self.session.peer, sender=envelope.mail_from, recipients=tuple(envelope.rcpt_tos)
+                stage,
+                peer=self.session.peer,
+                sender=envelope.mail_from,
+                recipients=tuple(envelope.rcpt_tos),
+                before_delay=self.extend_idle_timeout,
             )
         except HangUp as hang_up:
             await self.hang_up_for(hang_up)
@@ -260,7 +266,13 @@ class LabSMTP(SMTPBase):
         if await self.faulted("auth"):
             return
         failures = self._auth_failures
-        await super().smtp_AUTH(arg)  # its 535 reply goes through push(), which counts and delays it
+        # Its 535 reply goes through push(), which counts and delays it. Only here: a fault's 535
+        # (`auth reply=535`, `rcpt-535@...`) is no guess at a password.
+        self._checking_credentials = True
+        try:
+            await super().smtp_AUTH(arg)
+        finally:
+            self._checking_credentials = False
         if self.session is None or self._auth_failures == failures:
             return
         if self._auth_failures >= AUTH_FAILURES_BEFORE_CLOSE:
@@ -332,15 +344,17 @@ class LabSMTP(SMTPBase):
             return  # a fault closed the connection: pipelined commands read before it get no reply
         if self._greeting_delay:  # the first reply is the greeting
             delay, self._greeting_delay = self._greeting_delay, 0.0
+            self.extend_idle_timeout(delay)
             await asyncio.sleep(delay)
         # aiosmtpd quotes what the client sent in some replies ('500 Error: command "..." not
         # recognized'); a CR, NUL or other control byte there would break the reply's line.
         text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if text.startswith(_CREDENTIALS_INVALID):
+        if self._checking_credentials and text.startswith(_CREDENTIALS_INVALID):
             # A wrong password: from the second on, its answer comes late, so that a guesser
             # cannot hang up and try again at once (an asyncio.sleep: other sessions go on).
             self._auth_failures += 1
             if self._auth_failures > 1:
+                self.extend_idle_timeout(AUTH_FAILURE_DELAY)
                 await asyncio.sleep(AUTH_FAILURE_DELAY)
         if not text.isprintable():
             # Control bytes, and the surrogates that undecodable client bytes become, go as "?".
@@ -393,7 +407,10 @@ def protocol_factory(
     """What the event loop calls for each connection: the server's whole SMTP configuration.
 
     Fault injection is the handler's (ForwardHandler.chaos), shared by both ports, unless
-    `chaos` is given: the health listener's is an empty Chaos(), which no rule reaches.
+    `chaos` is given: the health listener's is an empty Chaos(), so connect, HELO/EHLO, AUTH
+    and the reply to DATA, asked here, meet no rule there. Its MAIL, RCPT and end of DATA are
+    still the shared handler's, which asks the shared rules; the health check sends only NOOP,
+    which no rule is asked about.
     """
     return partial(
         LabSMTP,

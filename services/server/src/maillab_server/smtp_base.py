@@ -19,6 +19,9 @@ aiosmtpd 1.4 has no public hook, and the lab uses these private names, each here
 - `SMTP._reader`, and asyncio.StreamReader's `_limit` and `_buffer`: `bulk_reader` lets DATA
   read the connection in large reads, and `unread` hands the bytes read past the end of
   DATA (pipelined commands) back to aiosmtpd's command loop.
+- `SMTP._reset_timeout` and `SMTP._timeout_duration`: `extend_idle_timeout` pushes the idle
+  timer out while the lab holds a reply back on purpose (a fault's delay, a failed AUTH's),
+  so that the timer does not close the connection in the middle of the wait.
 
 tests/unit/test_smtp_base.py has one test per name that fails, naming it, when an aiosmtpd
 (or Python) release changes it; pyproject.toml also pins aiosmtpd below 2.
@@ -90,3 +93,12 @@ class SMTPBase(SMTP):
     def answer_every_command_with(self, command: Command) -> None:
         """From now on every command aiosmtpd knows is answered by `command` (others still get 500)."""
         self._smtp_methods = dict.fromkeys(self._smtp_methods, command)
+
+    def extend_idle_timeout(self, seconds: float) -> None:
+        """Restart the idle timer to run out `seconds` later than a full idle timeout from now.
+
+        For a reply held back on purpose: aiosmtpd's timer runs from the last command read, and
+        would otherwise close the connection, silently, in the middle of the wait.
+        """
+        protocol: Any = self  # aiosmtpd's timer is not annotated
+        protocol._reset_timeout(protocol._timeout_duration + seconds)

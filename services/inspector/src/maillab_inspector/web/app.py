@@ -166,6 +166,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         manifest = api_v1.ManifestBody.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(manifest.pop("$defs", {}))
         components["ManifestBody"] = manifest
+        components["ChaosRules"] = chaos.ChaosRules.model_json_schema()  # PUT /chaos reads its body itself too
         app.openapi_schema = schema
     return app.openapi_schema
 

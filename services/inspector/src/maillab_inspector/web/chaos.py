@@ -8,17 +8,19 @@ the server reports, and what is set but not yet applied (`pending`).
 
 A change answers once the server reports it applied (200), or after APPLY_SECONDS without
 (202, `pending` set): the rules are saved either way, and the server applies them when it
-runs. Reading and writing the files, and the wait, block: they run in the thread pool.
+runs. When another writer (the CLI, another request) replaces them before the server applies
+them, the server never will: 409. Reading and writing the files, and the wait, block: they
+run in the thread pool. A PUT reads its body itself, up to BODY_BYTES, before it parses it.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from maillab_common.chaos import ChaosSyntaxError
@@ -26,15 +28,25 @@ from maillab_common.chaos_files import (
     ChaosFileError,
     ChaosState,
     RulesFile,
+    Superseded,
+    change_rules,
     read_rules,
     read_state,
-    wait_applied,
-    write_rules,
 )
-from maillab_inspector.web.api_v1 import ApiError, ErrorBody, Responses, State, WebState, answers, described
+from maillab_inspector.web.api_v1 import (
+    ApiError,
+    ErrorBody,
+    Responses,
+    State,
+    WebState,
+    answers,
+    described,
+    validation_problems,
+)
 
 APPLY_SECONDS = 2.0  # how long a change waits for the server to report it applied
 RULES_CHARACTERS = 64 * 1024  # the most a PUT's rules may hold (the parser takes at most 100 rules)
+BODY_BYTES = 128 * 1024  # the most a PUT's body may hold: room for the rules, escaped as JSON
 
 
 # -- the documents ---------------------------------------------------------------------
@@ -131,6 +143,10 @@ CHANGED: Responses = {
         "description": f"Saved, but the server did not report them applied within "
         f"{APPLY_SECONDS:g} s: `pending` holds them, and it applies them when it runs",
     },
+    409: described(
+        "Saved, but another change (from the CLI or another request) replaced them before the server "
+        "applied them: it applies that one, never these"
+    ),
     503: described("The rules folder (MAILLAB_CHAOS_DIR) cannot be read or written"),
 }
 
@@ -146,12 +162,30 @@ async def get_chaos(state: State) -> dict[str, object]:
     response_model=ChaosReport,
     responses=answers(
         CHANGED,
-        {400: {"model": ChaosErrorBody, "description": 'A rule that does not parse, or a body not {"rules": "..."}'}},
+        {
+            400: {"model": ChaosErrorBody, "description": 'A rule that does not parse, or a body not {"rules": "..."}'},
+            413: described(f"The body is over {BODY_BYTES // 1024} KiB"),
+        },
     ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChaosRules"}}},
+        }
+    },
 )
-async def set_chaos(state: State, body: Annotated[ChaosRules, Body()]) -> Any:
+async def set_chaos(state: State, request: Request) -> Any:
     """Replace the rules (`;`-separated, docs/chaos.md); answers once the server applies them, or 202 after 2 s."""
-    return await change(state, body.rules)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_BYTES:
+            raise ApiError(413, f"the body is over {BODY_BYTES // 1024} KiB")
+    try:
+        rules = ChaosRules.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(400, validation_problems(exc)) from None
+    return await change(state, rules.rules)
 
 
 @router.delete("/chaos", response_model=ChaosReport, responses=CHANGED)
@@ -163,12 +197,13 @@ async def clear_chaos(state: State) -> Any:
 async def change(state: WebState, text: str) -> Any:
     """Write `text` as the rules, wait for the server to report them applied, and answer what it reports."""
     try:
-        written = await run_in_threadpool(write_rules, state.chaos_dir, text, "http")
+        await run_in_threadpool(change_rules, state.chaos_dir, text, "http", APPLY_SECONDS)
     except ChaosSyntaxError as exc:
         raise ApiError(400, f"rules: {exc}", exc.position - 1, rule=exc.rule) from None
     except ChaosFileError as exc:
         raise ApiError(503, f"cannot change the fault-injection rules: {exc}") from None
-    await run_in_threadpool(wait_applied, state.chaos_dir, written.generation, APPLY_SECONDS)
+    except Superseded as exc:
+        raise ApiError(409, f"saved, but {exc}") from None
     report = await run_in_threadpool(chaos_report, state)
     # Another change may have come meanwhile: 202 whenever what is set is not what the server applies.
     return report if report["pending"] is None else JSONResponse(report, status_code=202)

@@ -104,7 +104,10 @@
     if (problem && typeof problem.position === "number") {
       text.setAttribute("aria-invalid", "true");
       text.focus();
-      text.setSelectionRange(problem.position, Math.min(problem.position + 1, text.value.length));
+      // The API counts characters (code points), the field UTF-16 units: an emoji is one, or two.
+      const characters = Array.from(text.value);
+      const start = characters.slice(0, problem.position).join("").length;
+      text.setSelectionRange(start, start + (characters[problem.position] || "").length);
     } else {
       text.removeAttribute("aria-invalid");
     }
