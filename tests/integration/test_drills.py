@@ -160,8 +160,8 @@ DELIVERY = re.compile(
 
 
 def starts_a_run(message: str) -> bool:
-    """The main listener's line, once a run; the classroom listener's comes after it."""
-    return message.startswith("listening on") and not message.endswith("(classroom dialect)")
+    """The main listener's line, once a run; the classroom listener's and the health socket's come after it."""
+    return message.startswith("listening on") and ", storing in " in message
 
 
 def server_runs(lines: list[str]) -> list[Run]:
@@ -191,7 +191,7 @@ def taking_mail(run: int, lines: list[str]) -> bool:
     started = [
         number
         for number, line in enumerate(lines)
-        if '"message": "listening on' in line and "(classroom dialect)" not in line  # as starts_a_run, unparsed
+        if '"message": "listening on' in line and ", storing in " in line  # as starts_a_run, unparsed
     ]
     if len(started) != run:
         return False
