@@ -17,7 +17,18 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from maillab_inspector.catalogue import SCHEMA, address_domain, normal_address
-from maillab_inspector.query import MAX_LENGTH, MAX_TERMS, Query, QuerySyntaxError, Term, parse, to_seq_set, to_sql
+from maillab_inspector.query import (
+    MAX_LENGTH,
+    MAX_TERMS,
+    Query,
+    QuerySyntaxError,
+    Term,
+    arrival_keys,
+    parse,
+    to_seq_set,
+    to_sql,
+    wake_key,
+)
 
 
 def epoch(iso: str) -> int:
@@ -411,3 +422,34 @@ def test_any_text_is_a_query_that_runs_or_a_syntax_error(db: sqlite3.Connection,
     assert condition.count("?") == len(parameters)
     db.execute(f"SELECT count(*) FROM messages AS m WHERE {condition}", parameters).fetchone()
     selected(db, text)  # and the set from the indexes, where there is one, is the same
+
+
+# -- which arrivals can wake a wait -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "domain", "key"),
+    [
+        ("message-id:<a@x.test> to:bob@x.test", None, ("message-id", "a@x.test")),
+        ("to:bob@X.Test subject:hi", "x.test", ("to address", "bob@x.test")),
+        ("from:x.TEST", None, ("from domain", "x.test")),
+        ("hello domain:Y.test", None, ("domain", "y.test")),
+        ("hello", "y.test", ("domain", "y.test")),
+        ("-message-id:a@x.test -to:bob@x.test hello larger:1KiB", None, None),
+        ("", None, None),
+    ],
+)
+def test_a_wait_is_keyed_by_the_rarest_thing_its_query_names(text: str, domain: str | None, key: object) -> None:
+    assert wake_key(parse(text) if text else None, domain) == key
+
+
+def test_arrival_keys_name_the_message_id_the_domain_and_each_address_by_role() -> None:
+    keys = arrival_keys("a@x.test", "x.test", [("to", "Bob@x.test", "x.test"), ("from", "al@y.test", "y.test")])
+    assert keys == {
+        ("message-id", "a@x.test"),
+        ("domain", "x.test"),
+        ("to address", "Bob@x.test"),
+        ("to domain", "x.test"),
+        ("from address", "al@y.test"),
+        ("from domain", "y.test"),
+    }

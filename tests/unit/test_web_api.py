@@ -9,6 +9,7 @@ thread (`Served`), since a TestClient answers only once the app has finished its
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -27,11 +28,15 @@ from fastapi import FastAPI
 
 from maillab_common import manifest
 from maillab_common.forward import Record, render_record
+from maillab_inspector import query as search
 from maillab_inspector.catalogue import Catalogue
 from maillab_inspector.model import MAX_PARTS, catalogue_entry
 from maillab_inspector.tail import ForwardTail
+from maillab_inspector.web import wakeups as wakeups_module
 from maillab_inspector.web.api_v1 import PREVIEW_POLICY, content_disposition, inert_html, served_type
 from maillab_inspector.web.app import create_app, stop_streams
+from maillab_inspector.web.quick_wait import read_wait
+from maillab_inspector.web.wakeups import Wakeups
 from maillab_server.store import ForwardStore
 from tests.helpers import BASE, MULTIPART, TIMEOUT
 from tests.hostile import hostile_messages
@@ -252,8 +257,9 @@ def test_an_unknown_message_is_a_404_for_each_of_its_routes(client: TestClient) 
 
 
 def test_raw_is_the_exact_bytes_the_client_sent_as_a_download(lab: Lab, client: TestClient) -> None:
-    message = b"Subject: mbox\n\nFrom here on\n>From there\n\nend\n"
+    message = b"Subject: mbox\r\n\r\nFrom here on\r\n>From there\r\n\r\n.\r\nend\r\n"
     lab.deliver(message)
+    assert b"\r" not in (lab.forward / "x.test").read_bytes()  # stored with LF, and From lines escaped
     id = only_id(client, "subject:mbox")
     response = client.get(f"/api/v1/messages/{id}/raw")
     assert response.status_code == 200
@@ -433,16 +439,6 @@ def test_wait_refuses_bad_bounds(client: TestClient, params: dict[str, str]) -> 
     assert response.json()["error"].startswith(next(iter(params)))
 
 
-class CountingCatalogue(Catalogue):
-    """A real catalogue that counts the looks a wait or an event stream takes."""
-
-    looks = 0
-
-    def matching(self, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
-        self.looks += 1
-        return super().matching(*args, **kwargs)  # type: ignore[arg-type]
-
-
 def test_a_wait_that_nothing_wakes_looks_once(tmp_path: Path) -> None:
     catalogue = CountingCatalogue(tmp_path / "catalogue.sqlite3")
     try:
@@ -510,6 +506,140 @@ def test_a_wait_ends_with_a_408_when_the_server_stops(lab: Lab) -> None:
         waiting.join(TIMEOUT)
     assert answers and answers[0].status_code == 408
     assert time.monotonic() - started < TIMEOUT
+
+
+# -- which commits wake a wait (web/wakeups.py), and the wait's fast path (web/quick_wait.py) --
+
+
+KEYED_QUERIES = [
+    ("message-id:<k1@x.test>", None),
+    ("message-id:k2@x.test", None),
+    ("to:Bob@X.TEST", None),
+    ("to:<carol@y.test> subject:keyed", None),
+    ("from:alice@X.test", None),
+    ("from:x.test", None),
+    ("to:Y.TEST", None),
+    ("domain:Y.test keyed", None),
+    ("keyed", "y.test"),
+    ("message-id:k3@x.test", "y.test"),
+]
+
+
+def test_a_wait_s_key_is_among_the_arrival_keys_of_every_message_its_query_matches(lab: Lab) -> None:
+    """A wait sleeps until a commit brings its key: a key missing from a match's arrivals would sleep past it."""
+    lab.deliver(b"Subject: keyed\nMessage-ID: <k1@x.test>\nTo: Bob@x.test\n\n1\n", recipients=("Bob@X.test",))
+    lab.deliver(b"Subject: keyed\nMessage-ID: k2@x.test\n\n2\n", domain="y.test", recipients=("carol@Y.TEST",))
+    lab.deliver(
+        b"Subject: keyed\nMessage-ID: <k3@x.test>\nFrom: Alice <alice@X.TEST>\n\n3\n",
+        domain="y.test",
+        mail_from="<>",
+        recipients=("dave@y.test", "erin@y.test"),
+    )
+    for text, domain in KEYED_QUERIES:
+        query = search.parse(text)
+        key = search.wake_key(query, domain)
+        assert key is not None, text
+        matched = lab.catalogue.matching(query, domain)
+        assert matched, f"{text!r} matches none of the messages: the check below would hold for nothing"
+        for summary in matched:
+            assert key in lab.catalogue.arrivals(summary.seq - 1, summary.seq), (text, key)
+
+
+class CountingCatalogue(Catalogue):
+    """A real catalogue that counts the looks a wait or an event stream takes."""
+
+    looks = 0
+
+    def matching(self, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        self.looks += 1
+        return super().matching(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_wait_for_one_message_id_looks_again_only_when_a_commit_brings_it(lab: Lab) -> None:
+    lab.catalogue.close()
+    lab.catalogue = CountingCatalogue(lab.catalogue.path)
+    answers: list[httpx.Response] = []
+    with Served(lab.app()) as url:
+        params = {"query": "message-id:<9@x.test>", "timeout": "30"}
+        waiting = threading.Thread(target=lambda: answers.append(httpx.get(f"{url}/api/v1/wait", params=params)))
+        waiting.start()
+        deadline = time.monotonic() + TIMEOUT
+        while lab.catalogue.looks < 1 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        for number in range(1, 9):  # eight commits that bring other messages
+            lab.numbered(number)
+        threading.Event().wait(0.3)
+        assert lab.catalogue.looks == 1 and not answers
+        lab.numbered(9)
+        waiting.join(TIMEOUT)
+    assert answers and answers[0].status_code == 200
+    assert [message["message_id"] for message in answers[0].json()["messages"]] == ["9@x.test"]
+    assert lab.catalogue.looks == 2
+
+
+def test_wakeups_remember_what_came_before_a_wait_registered_and_forget_below_their_floor(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        wakeups = Wakeups(lab.catalogue)
+        first = ("message-id", "1@x.test")
+        pending = asyncio.ensure_future(wakeups.next_arrival(first, after=0, timeout=TIMEOUT))
+        await asyncio.sleep(0.05)
+        lab.numbered(2)  # another message: no wake
+        await asyncio.sleep(0.2)
+        assert not pending.done()
+        lab.numbered(1)
+        assert await asyncio.wait_for(pending, TIMEOUT) is True
+        # A wait that looked before message 1 (seq 2) came, and registers after it was read: at once.
+        assert await wakeups.next_arrival(first, after=1, timeout=TIMEOUT) is True
+        # One that looked after it: nothing new for it.
+        assert await wakeups.next_arrival(first, after=2, timeout=0.2) is False
+        monkeypatch.setattr(wakeups_module, "HISTORY", 1)  # remember one key: the others are forgotten
+        other = asyncio.ensure_future(wakeups.next_arrival(("message-id", "9@x.test"), after=2, timeout=TIMEOUT))
+        await asyncio.sleep(0.05)
+        lab.numbered(3)
+        await asyncio.sleep(0.2)
+        assert not other.done()
+        assert wakeups.floor > 2
+        # A wait from before the floor cannot be told what came for it: it looks again at once.
+        assert await wakeups.next_arrival(first, after=2, timeout=TIMEOUT) is True
+        other.cancel()
+        wakeups.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_plain_wait_takes_the_fast_path_and_answers_as_the_route_does(lab: Lab, client: TestClient) -> None:
+    for number in range(3):
+        lab.numbered(number, subject="alike")
+    # `1e1` and a repeated `count` are for the route: the fast path reads plain digits given once.
+    assert read_wait(b"query=subject%3Aalike&count=2&timeout=0") is not None
+    assert read_wait(b"query=subject%3Aalike&count=2&timeout=1e1") is None
+    assert read_wait(b"count=2&count=3") is None
+    for count in ("2", "5"):
+        quick = client.get("/api/v1/wait", params={"query": "subject:alike", "count": count, "timeout": "0"})
+        routed = client.get("/api/v1/wait", params={"query": "subject:alike", "count": count, "timeout": "0e0"})
+        assert quick.status_code == routed.status_code == (200 if count == "2" else 408)
+        assert quick.content == routed.content
+        assert quick.headers["content-type"] == routed.headers["content-type"]
+        assert quick.headers["content-security-policy"] == routed.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(
+    "query_string",
+    [
+        b"count=0",
+        b"count=1001",
+        b"timeout=301",
+        b"timeout=-1",
+        b"count=01x",
+        b"query=to%3A",
+        b"domain=a..b",
+        b"count=1&count=2",
+    ],
+)
+def test_the_fast_path_leaves_what_it_does_not_read_plainly_to_the_route(query_string: bytes) -> None:
+    assert read_wait(query_string) is None
 
 
 # -- events ----------------------------------------------------------------------------------

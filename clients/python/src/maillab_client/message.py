@@ -148,9 +148,9 @@ class Message:
     # -- the message's bytes -----------------------------------------------------------------
 
     def raw(self) -> bytes:
-        """The message's bytes as stored (GET /messages/{id}/raw): what the server accepted after DATA,
-        dot-stuffing undone, with every line ending in LF as in the forward file (mbox), not the
-        CRLF the sender used; not byte for byte what the client sent."""
+        """The message's bytes as its client sent them (GET /messages/{id}/raw): what the server accepted
+        after DATA, dot-stuffing undone, every line ending in CRLF (a bare LF that a client sent
+        comes back as CRLF too: the forward file keeps LF alone)."""
         return self._connected()._get_bytes(f"/messages/{quote(self.id, safe='')}/raw")
 
     def email(self) -> EmailMessage:

@@ -106,6 +106,16 @@ def to_mbox_line_endings(message: bytes) -> bytes:
     return _CRS_BEFORE_LF.sub(b"\n", message) if b"\r" in message and b"\r\n" in message else message
 
 
+def to_smtp_line_endings(stored: bytes) -> bytes:
+    """A stored message (LF line endings, mbox escaping undone) with its lines ended as SMTP sends them, CRLF.
+
+    The inverse of `to_mbox_line_endings` for a client that kept to SMTP (every line ended
+    with CRLF, as the DATA command's end also requires): its bytes come back exactly. A bare
+    LF or CR before a line end that a client sent anyway comes back as CRLF: mbox keeps LF alone.
+    """
+    return stored.replace(b"\n", b"\r\n")
+
+
 def render_body(message: bytes) -> bytes:
     """The stored form of a message: LF line endings, mboxrd-escaped. The same for every domain.
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maillab_inspector.model import AttachmentSummary, Entry
+from maillab_inspector.query import WakeKey, arrival_keys
 
 if TYPE_CHECKING:
     from maillab_inspector.query import Query
@@ -458,6 +459,24 @@ class Catalogue:
             .fetchall()
         )
         return [_summary(row) for row in rows]
+
+    def arrivals(self, after: int, upto: int) -> dict[WakeKey, int]:
+        """The wake keys (query.arrival_keys) of the messages catalogued after seq `after` up to `upto`, each with
+        the last seq that brought it: what a commit can wake (web/wakeups.py)."""
+        with self._read() as db:
+            messages = db.execute(
+                "SELECT seq, message_id, domain FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto)
+            ).fetchall()
+            rows: dict[int, list[tuple[str, str, str]]] = {}
+            for seq, role, address, domain in db.execute(
+                "SELECT seq, role, address, domain FROM addresses WHERE seq > ? AND seq <= ?", (after, upto)
+            ):
+                rows.setdefault(seq, []).append((role, address, domain))
+        last: dict[WakeKey, int] = {}
+        for seq, message_id, domain in messages:
+            for key in arrival_keys(message_id, domain, rows.get(seq, ())):
+                last[key] = seq
+        return last
 
     def message(self, id: str) -> Located | None:
         """The message `id` and where its record is; None when there is none, or it was deleted."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -216,6 +216,13 @@ def _address(role: str) -> Callable[[str], Condition]:
 
 def _address_seqs(role: str, value: str) -> Condition:
     """The seqs of the messages with the address `value`, or with any address at the domain `value`, in `role`."""
+    column, wanted = _address_column(role, value)
+    return f"SELECT seq FROM addresses WHERE role = ? AND {column} = ?", [role, wanted]
+
+
+def _address_column(role: str, value: str) -> tuple[str, str]:
+    """The column of the addresses table that `role:value` compares, and what it must hold there:
+    ('address', 'local@domain') for a whole address, ('domain', 'domain') for any address at a domain."""
     address = _unbracketed(value)
     local, at, domain = address.rpartition("@")
     if not at or not local:  # x.test or @x.test: every address at that domain
@@ -223,12 +230,53 @@ def _address_seqs(role: str, value: str) -> Condition:
         if not domain:
             raise _BadValue(f"{role}: needs an address or a domain")
         # The catalogue keeps each address's domain, lowercased, beside it (catalogue.address_domain).
-        return "SELECT seq FROM addresses WHERE role = ? AND domain = ?", [role, domain]
+        return "domain", domain
     if not domain:
         raise _BadValue(f"{value!r} has no domain after its @")
     # The catalogue stores addresses the same way (catalogue.normal_address): the local part
     # as it is, the domain in lower case; so this is an exact match on the whole address.
-    return "SELECT seq FROM addresses WHERE role = ? AND address = ?", [role, f"{local}@{domain.lower()}"]
+    return "address", f"{local}@{domain.lower()}"
+
+
+# ---- which commits can wake a wait ------------------------------------------------------------------------------
+
+WakeKey = tuple[str, str]
+
+
+def arrival_keys(message_id: str, domain: str, addresses: Iterable[tuple[str, str, str]]) -> set[WakeKey]:
+    """The keys of a newly catalogued message, from its row: its Message-ID, its domain, and each of its
+    (role, address, address's domain) rows of the addresses table. A wait whose `wake_key` is not among
+    them cannot match the message, so its arrival need not wake that wait."""
+    keys = {("message-id", message_id), ("domain", domain)}
+    for role, address, address_domain in addresses:
+        keys.add((f"{role} address", address))
+        keys.add((f"{role} domain", address_domain))
+    return keys
+
+
+def wake_key(query: Query | None, domain: str | None = None) -> WakeKey | None:
+    """A key among the `arrival_keys` of every message that `query` in `domain` matches, the rarest that the
+    query names (a Message-ID, then an address, then a domain); None when it names none (free text, sizes,
+    times: any arrival may match). Built from the same values as the SQL, so that it never misses a match."""
+    ranked: list[tuple[int, WakeKey]] = []
+    if domain is not None:
+        ranked.append((3, ("domain", domain)))
+    for term in query.terms if query is not None else ():
+        if term.negated:
+            continue
+        try:
+            if term.field == "message-id":
+                _, (message_id,) = _message_id(term.value)
+                ranked.append((0, ("message-id", str(message_id))))
+            elif term.field in ("from", "to"):
+                column, wanted = _address_column(term.field, term.value)
+                ranked.append((1 if column == "address" else 2, (f"{term.field} {column}", wanted)))
+            elif term.field == "domain":
+                _, (named,) = _domain(term.value)
+                ranked.append((3, ("domain", str(named))))
+        except _BadValue:  # a Term built by hand: to_sql will say what is wrong with it
+            return None
+    return min(ranked)[1] if ranked else None
 
 
 @dataclass(frozen=True)

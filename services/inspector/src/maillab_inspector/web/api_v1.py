@@ -27,11 +27,11 @@ import re
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -43,14 +43,16 @@ from starlette.concurrency import run_in_threadpool
 
 from maillab_common import manifest as manifest_format
 from maillab_common.addresses import InvalidAddress, normalise_domain
-from maillab_common.forward import Delivery
+from maillab_common.forward import Delivery, to_smtp_line_endings
 from maillab_inspector import query as search
 from maillab_inspector import render, stored
 from maillab_inspector.catalogue import BadCursor, Catalogue, Found, Located, Summary
 from maillab_inspector.model import Detail, entry_id, message_detail, thorough_budget, web_budget
 from maillab_inspector.verify import Delivered, check, expected_deliveries
+from maillab_inspector.web.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE_DEFAULT = 50
 PAGE_MAX = 1000  # the most messages one page, wait or event batch holds
@@ -343,6 +345,10 @@ class WebState:
     keepalive: float = KEEPALIVE_SECONDS
     streams: Streams = field(default_factory=Streams)
     details: DetailCache = field(default_factory=lambda: DetailCache())
+    wakeups: Wakeups = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wakeups = Wakeups(self.catalogue)
 
 
 def web_state(request: Request) -> WebState:
@@ -627,10 +633,12 @@ def get_message(state: State, id: str) -> dict[str, object]:
     responses=answers({200: _binary("message/rfc822", "The message's bytes as the client sent them")}, UNKNOWN, GONE),
 )
 def get_raw(state: State, id: str) -> Response:
-    """The exact bytes of the message, as the client sent them (the forward file's mbox escaping undone)."""
+    """The exact bytes of the message, as the client sent them: the forward file's mbox escaping undone, and
+    its lines ended with CRLF again, as SMTP sent them (the file keeps LF)."""
     opened = open_message(state, id)
     return RawMessage(
-        opened.delivery.message, headers={"Content-Disposition": content_disposition(f"{id}.eml", "message.eml")}
+        to_smtp_line_endings(opened.delivery.message),
+        headers={"Content-Disposition": content_disposition(f"{id}.eml", "message.eml")},
     )
 
 
@@ -708,26 +716,46 @@ async def wait(
 ) -> Any:
     """Answer as soon as `count` messages match, those that arrived before the call included.
 
-    Wakes on each catalogue commit (never a timer) and looks only at what it brought.
+    Wakes on a catalogue commit that brought a message it could match (never a timer: web/wakeups.py),
+    and looks only at what came since its last look.
+    """
+    status, document = await wait_for_matches(state, chosen, count, timeout)
+    return _json_response(status, document)
+
+
+async def wait_for_matches(
+    state: WebState, chosen: Selection, count: int, timeout: float
+) -> tuple[int, dict[str, Any]]:
+    """`/wait`'s answer: 200 and the first `count` matches, or 408 and what matched when `timeout` passed.
+
+    Shared by the route above and its fast path (web/quick_wait.py), so that both answer alike.
     """
     catalogue = state.catalogue
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     found: list[Summary] = []
     seen = 0  # every catalogued message up to this seq has been looked at
+    key = search.wake_key(chosen.query, chosen.domain)
+    # A look for one Message-ID is an index lookup of a row or two, cheaper than a hop to a thread:
+    # at hundreds of waits a second the hops were what the waits queued behind.
+    on_loop = key is not None and key[0] == "message-id"
+    status = 408
     with state.streams.opened() as closing:
         while True:
             latest = catalogue.commits.latest  # committed before the look below begins, so the look sees it
-            new = await run_in_threadpool(catalogue.matching, chosen.query, chosen.domain, seen, count - len(found))
+            if on_loop:
+                new = catalogue.matching(chosen.query, chosen.domain, seen, count - len(found))
+            else:
+                new = await run_in_threadpool(catalogue.matching, chosen.query, chosen.domain, seen, count - len(found))
             found += new
             if len(found) >= count:
-                return {"matched": len(found), "messages": [summary_document(summary) for summary in found]}
+                status = 200
+                break
             # Fewer than asked for: the look saw everything committed, `latest` included.
             seen = max([latest, seen] + [summary.seq for summary in new])
-            if not await next_commit(catalogue, seen, deadline - loop.time(), closing):
+            if not await before_closing(state.wakeups.next_arrival(key, seen, deadline - loop.time()), closing):
                 break  # the timeout passed, or the server is stopping
-    documents = [summary_document(summary) for summary in found]
-    return _json_response(408, {"matched": len(found), "messages": documents})
+    return status, {"matched": len(found), "messages": [summary_document(summary) for summary in found]}
 
 
 @router.get(
@@ -788,17 +816,24 @@ async def event_stream(state: WebState, chosen: Selection, after: int) -> AsyncI
 
 async def next_commit(catalogue: Catalogue, after: int, timeout: float, closing: asyncio.Event) -> bool:
     """Wait for a commit past `after`, for `timeout` seconds at most, or until the streams close; whether one came."""
-    if timeout <= 0 or closing.is_set():
-        return catalogue.commits.latest > after
-    commit = asyncio.ensure_future(catalogue.commits.wait(after=after, timeout=timeout))
+    if timeout > 0:
+        await before_closing(catalogue.commits.wait(after=after, timeout=timeout), closing)
+    return catalogue.commits.latest > after and not closing.is_set()
+
+
+async def before_closing(waiting: Awaitable[T], closing: asyncio.Event) -> T | None:
+    """What `waiting` gives, or None when the streams close first (or are closed)."""
+    task = asyncio.ensure_future(waiting)
     closed = asyncio.ensure_future(closing.wait())
     try:
-        await asyncio.wait({commit, closed}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (commit, closed):
-            task.cancel()
-        await asyncio.gather(commit, closed, return_exceptions=True)
-    return catalogue.commits.latest > after and not closing.is_set()
+        for pending in (task, closed):
+            pending.cancel()
+        await asyncio.gather(task, closed, return_exceptions=True)
+    if closing.is_set() or task.cancelled():
+        return None
+    return task.result()
 
 
 @router.post(

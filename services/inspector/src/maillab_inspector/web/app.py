@@ -35,6 +35,7 @@ from maillab_inspector.catalogue import Catalogue
 from maillab_inspector.config import InspectorConfig
 from maillab_inspector.web import api_v1, chaos, pages
 from maillab_inspector.web.api_v1 import KEEPALIVE_SECONDS, ApiError, WebState
+from maillab_inspector.web.quick_wait import QuickWait
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         state.streams.close()
+        state.wakeups.close()
 
     app = FastAPI(
         title="maillab inspector",
@@ -90,6 +92,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _bad_parameter)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(QuickWait, state=state)  # inside the two below: they hold for its answers too
     app.add_middleware(SecurityHeaders)
     if hosts is not None:
         app.add_middleware(KnownHostsOnly, hosts=frozenset(host.lower() for host in hosts))

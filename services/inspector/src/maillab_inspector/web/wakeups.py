@@ -1,0 +1,119 @@
+"""Which waiting requests a catalogue commit wakes: only those it brought a message for that could match.
+
+A `GET /wait` looks at the catalogue, and when too few messages match it sleeps until a commit
+may have brought more. Woken by every commit, each of 500 waits a second would look again
+at each of the commits that come meanwhile (hundreds a second at the server's full rate):
+most of the time went into looks that could not find anything, and the waits fell seconds behind.
+
+So each commit is read once, here, for the wake keys of what it brought (their Message-IDs,
+domains and addresses: `Catalogue.arrivals`, query.arrival_keys), and it wakes the waits whose
+`query.wake_key` is among them, and every wait whose query names no key (free text, sizes).
+A wake is a reason to look again, never an answer: the wait's own look decides.
+
+A wait that registers has looked at everything up to seq `after`. What the commits after
+`after` brought may already have been read here before it registered; `recent` remembers,
+for each key read lately, the last seq that brought it, so such a wait looks again at once
+instead of sleeping past its message. Below `floor` nothing is remembered (the history's
+bound, or commits read while no one waited), and a wait from before it looks again at once.
+
+One `Wakeups` per event loop (uvicorn's): its reader is a task on that loop, started by the
+first wait and ended by `close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.concurrency import run_in_threadpool
+
+from maillab_inspector.catalogue import Catalogue
+from maillab_inspector.query import WakeKey
+
+HISTORY = 200_000  # keys remembered with the last seq that brought them: about 20 MiB at most
+ON_LOOP_ROWS = 100  # commits of up to this many messages are read on the event loop itself
+IDLE_SECONDS = 5.0  # how long the reader waits for a commit before it looks whether it is still needed
+
+
+class Wakeups:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+        self.read = catalogue.commits.latest  # every commit up to this seq has been read for its keys
+        self.floor = self.read  # what commits after this seq brought is in `recent`
+        self.recent: dict[WakeKey, int] = {}  # oldest first
+        self._waiting: dict[WakeKey | None, dict[asyncio.Future[None], int]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def next_arrival(self, key: WakeKey | None, after: int, timeout: float) -> bool:
+        """Wait until a message after seq `after` with `key` (any message when None) may have been catalogued,
+        for `timeout` seconds at most; whether one may have been."""
+        if self._brought_since(key, after):
+            return True
+        if timeout <= 0 or self._closed:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, {})[future] = after
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._read_commits())
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiting.get(key)
+            if waiters is not None:
+                waiters.pop(future, None)
+                if not waiters:
+                    del self._waiting[key]
+
+    def close(self) -> None:
+        """Stop reading commits, from the reader's loop (the application stops; Streams.close has ended the waits)."""
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+
+    def _brought_since(self, key: WakeKey | None, after: int) -> bool:
+        if after < self.floor:
+            return True  # the commits up to `floor` came after it; what they brought is not remembered
+        if key is None:
+            return self.read > after
+        return self.recent.get(key, 0) > after
+
+    async def _read_commits(self) -> None:
+        commits = self.catalogue.commits
+        while self._waiting and not self._closed:
+            latest = await commits.wait(after=self.read, timeout=IDLE_SECONDS)
+            if latest <= self.read:
+                continue
+            if not self._waiting:
+                # No one to wake: what this commit brought is not read, and a later wait from before it looks again.
+                self.read = self.floor = latest
+                break
+            if latest - self.read <= ON_LOOP_ROWS:
+                brought = self.catalogue.arrivals(
+                    self.read, latest
+                )  # a few rows by seq: cheaper than a hop to a thread
+            else:
+                brought = await run_in_threadpool(self.catalogue.arrivals, self.read, latest)
+            self.read = latest
+            self._remember(brought)
+            self._wake(brought, latest)
+
+    def _remember(self, brought: dict[WakeKey, int]) -> None:
+        for key, seq in brought.items():
+            self.recent.pop(key, None)
+            self.recent[key] = seq
+        while len(self.recent) > HISTORY:
+            oldest = next(iter(self.recent))
+            self.floor = max(self.floor, self.recent.pop(oldest))
+
+    def _wake(self, brought: dict[WakeKey, int], latest: int) -> None:
+        for key, waiters in self._waiting.items():
+            last = latest if key is None else brought.get(key)
+            if last is None:
+                continue
+            for future, after in waiters.items():
+                if last > after and not future.done():
+                    future.set_result(None)
