@@ -9,13 +9,14 @@ temporary folder, and prints one markdown table, each measure beside its goal:
 - with those 100,000 catalogued: the first page of GET /api/v1/messages and full-text and
   address searches, over one keep-alive connection, and `serve`'s peak RSS;
 - wait: /api/v1/wait?query=message-id:<id> started before each message is sent, paced at 500
-  msgs/s and at 100; latency from the server's `250` to the wait's answer, beside the same
-  messages' event lag (the catalogue's share);
+  msgs/s (for each message, then for one in 25) and at 100; latency from the server's `250` to
+  the wait's answer, beside the same messages' event lag (the catalogue's share); measured over
+  10 s after a 2 s warm-up at the same rate, whose waits are reported apart;
 - ingest: senders as fast as the server takes them for 60 s, an /api/v1/events client
   timing each message's event; lag from `250` to the event, early and late in the run.
 
-    python -m bench.web [--messages 100000] [--rates 500,100] [--wait-seconds 10] [--ingest-seconds 60]
-                        [--only reindex,queries,wait,ingest]
+    python -m bench.web [--messages 100000] [--rates 500,100] [--wait-seconds 10] [--wait-warmup 2]
+                        [--ingest-seconds 60] [--only reindex,queries,wait,ingest]
 
 The load average is printed first and last: the figures move with what else the machine runs.
 """

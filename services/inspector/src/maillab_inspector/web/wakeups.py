@@ -23,11 +23,14 @@ first wait and ended by `close`.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.concurrency import run_in_threadpool
 
 from maillab_inspector.catalogue import Catalogue
 from maillab_inspector.query import WakeKey
+
+log = logging.getLogger(__name__)
 
 HISTORY = 200_000  # keys remembered with the last seq that brought them: about 20 MiB at most
 ON_LOOP_ROWS = 100  # commits of up to this many messages are read on the event loop itself
@@ -43,6 +46,7 @@ class Wakeups:
         self._waiting: dict[WakeKey | None, dict[asyncio.Future[None], int]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self.failed = False  # reading a commit failed: every commit wakes every wait from then on
 
     async def next_arrival(self, key: WakeKey | None, after: int, timeout: float) -> bool:
         """Wait until a message after seq `after` with `key` (any message when None) may have been catalogued,
@@ -51,6 +55,8 @@ class Wakeups:
             return True
         if timeout <= 0 or self._closed:
             return False
+        if self.failed:  # woken by every commit, as if no wait had a key
+            return await self.catalogue.commits.wait(after=after, timeout=timeout) > after
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, {})[future] = after
         if self._reader is None or self._reader.done():
@@ -82,6 +88,19 @@ class Wakeups:
         return self.recent.get(key, 0) > after
 
     async def _read_commits(self) -> None:
+        try:
+            await self._read_each_commit()
+        except Exception:
+            # A catalogue that cannot be read here cannot be by the waits' looks either, which say so
+            # to their clients; until then, no wait sleeps past its message for want of a wake.
+            log.exception("reading the catalogue's commits for the waits failed: each commit now wakes every wait")
+            self.failed = True
+            for waiters in self._waiting.values():
+                for future in waiters:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _read_each_commit(self) -> None:
         commits = self.catalogue.commits
         while self._waiting and not self._closed:
             latest = await commits.wait(after=self.read, timeout=IDLE_SECONDS)
