@@ -313,7 +313,9 @@ def test_an_attachment_downloaded_through_the_page_has_the_manifest_sha256(
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == attachment.sha256
 
 
-def test_the_keyboard_moves_opens_and_searches(web_lab: Lab, browser: WebDriver, batch: manifest.Manifest) -> None:
+def test_the_keyboard_moves_opens_closes_and_searches(
+    web_lab: Lab, browser: WebDriver, batch: manifest.Manifest
+) -> None:
     catalogued(web_lab, 5, domain="web.test")
     open_page(browser, web_lab, "/?domain=web.test")
     items = list_items(browser)
@@ -332,14 +334,36 @@ def test_the_keyboard_moves_opens_and_searches(web_lab: Lab, browser: WebDriver,
     until(browser, lambda b: selected() == [2], "the third message selected")
     body.send_keys("k")
     until(browser, lambda b: selected() == [1], "the second message selected")
+    body.send_keys(Keys.ARROW_DOWN)
+    until(browser, lambda b: selected() == [2], "the third message selected by the down arrow")
+    body.send_keys(Keys.ARROW_UP, Keys.ARROW_UP)
+    until(browser, lambda b: selected() == [0], "the first message selected by the up arrow")
+    body.send_keys(Keys.ARROW_DOWN)
+    until(browser, lambda b: selected() == [1], "the second message selected again")
     second = list_items(browser)[1]
     id, subject = second.get_attribute("data-id"), second.find_element(By.CLASS_NAME, "subject").text
     assert id is not None
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     opened(browser, id)
     assert browser.find_element(By.ID, "message-subject").text == subject
+    assert f"id={id}" in browser.current_url
+
+    def focused() -> str | None:
+        return browser.switch_to.active_element.get_attribute("id")
+
+    # Escape closes the message, and leaves the list focused with the same message selected.
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    view = browser.find_element(By.ID, "message-view")
+    until(browser, lambda b: not view.is_displayed(), "the message closed")
+    assert "id=" not in browser.current_url
+    assert focused() == "message-list" and selected() == [1]
     browser.switch_to.active_element.send_keys("/")
-    until(browser, lambda b: b.switch_to.active_element.get_attribute("id") == "search", "the search box focused")
+    until(browser, lambda b: focused() == "search", "the search box focused")
+    # In the search box, Escape leaves it for the list, where the keys move the selection again.
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    until(browser, lambda b: focused() == "message-list", "the list focused again")
+    browser.switch_to.active_element.send_keys("j")
+    until(browser, lambda b: selected() == [2], "the third message selected from the list")
 
 
 def test_a_narrow_window_shows_the_list_and_a_message(

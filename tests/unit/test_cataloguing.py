@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -213,11 +216,18 @@ class Serve:
         return subjects
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Stop it with `signum`; its exit code, and what it wrote on stderr in `logged`."""
         self.process.send_signal(signum)
         code = self.process.wait(timeout=30)
         if self.process.stderr is not None:
-            self.process.stderr.close()
+            with self.process.stderr as stderr:
+                self.logged = stderr.read().decode(errors="replace")
         return code
+
+    def healthcheck(self) -> subprocess.CompletedProcess[str]:
+        """`maillab-inspector healthcheck` with serve's settings."""
+        command = [sys.executable, "-m", "maillab_inspector", "healthcheck"]
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=30)
 
 
 @pytest.fixture
@@ -284,15 +294,72 @@ def test_serve_catalogues_prints_and_answers_a_wait_for_what_lands(tmp_path: Pat
     found = serve.get("/wait?query=domain:b.test&count=2&timeout=10")
     assert sorted(message["subject"] for message in found["messages"]) == ["n6", "n7"]
     wait_until(lambda: serve.printed() == Counter({"n6": 1, "n7": 1}), "the printer to show the two new ones")
-    healthy = subprocess.run(
-        [sys.executable, "-m", "maillab_inspector", "healthcheck"], env=serve.env, capture_output=True, text=True
-    )
+    healthy = serve.healthcheck()
     assert healthy.returncode == 0, healthy.stderr
     assert serve.stop() == 0
-    unhealthy = subprocess.run(
-        [sys.executable, "-m", "maillab_inspector", "healthcheck"], env=serve.env, capture_output=True, text=True
-    )
+    assert serve.healthcheck().returncode == 1
+
+
+@pytest.mark.parametrize("http", ["nobody listens", "a listener never answers"])
+def test_the_healthcheck_fails_when_the_http_side_alone_does_not_answer(
+    tmp_path: Path, serving: list[Serve], http: str
+) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    serving.append(serve := Serve(forward, state))
+    healthy = serve.healthcheck()
+    assert healthy.returncode == 0, healthy.stderr
+    http_ready = Path(serve.env["MAILLAB_HTTP_READY_FILE"])
+    address = http_ready.read_text()
+    # A socket that listens takes connections into its backlog, and answers none of them.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1] if http == "a listener never answers" else free_port()
+        http_ready.write_text(f"127.0.0.1 {port}\n")
+        unhealthy = serve.healthcheck()
     assert unhealthy.returncode == 1
+    (line,) = unhealthy.stderr.splitlines()
+    assert line.startswith(f"error: unhealthy: http://127.0.0.1:{port}/api/v1/health does not answer"), line
+    assert serve.process.poll() is None
+    http_ready.write_text(address)  # the same serve, its sweep never stopped: healthy again
+    healthy = serve.healthcheck()
+    assert healthy.returncode == 0, healthy.stderr
+
+
+def spoil_the_schema_version(path: Path) -> None:
+    """Mark the catalogue as of another schema version, with answers a rebuild would not give."""
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        db.execute("UPDATE messages SET subject = 'of the old schema'")
+
+
+def replace_with_what_is_not_a_catalogue(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    path.write_bytes(b"not a catalogue\n" * 512)
+
+
+@pytest.mark.parametrize("spoil", [spoil_the_schema_version, replace_with_what_is_not_a_catalogue])
+def test_serve_rebuilds_a_catalogue_of_another_schema_version_with_the_same_answers(
+    tmp_path: Path, serving: list[Serve], spoil: Callable[[Path], None]
+) -> None:
+    forward, state = tmp_path / "forward", tmp_path / "state"
+    forward.mkdir()
+    state.mkdir()
+    write(forward / "a.test", range(1, 41))
+    write(forward / "b.test", range(41, 61))
+    serving.append(first := Serve(forward, state))
+    wait_until(lambda: first.get("/messages")["total"] == 60, "the sixty messages")
+    before = first.get("/messages?limit=1000")
+    assert first.stop() == 0
+    path = state / "catalogue.sqlite3"
+    spoil(path)
+    serving.append(second := Serve(forward, state))
+    wait_until(lambda: second.get("/messages")["total"] == 60, "the sixty messages, catalogued again")
+    assert second.get("/messages?limit=1000") == before
+    assert second.stop() == 0
+    assert f"rebuilding the catalogue {path} from the forward files" in second.logged
+    Catalogue(path).close()  # of this schema version now
 
 
 def test_a_kill_9_mid_backlog_catalogues_every_message_once(tmp_path: Path, serving: list[Serve]) -> None:

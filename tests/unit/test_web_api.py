@@ -225,6 +225,19 @@ def test_an_unknown_route_and_method_answer_json(client: TestClient) -> None:
     assert wrong.headers["allow"] == "DELETE, GET"  # every route's on the path, not the first's
 
 
+def test_without_a_limit_a_page_holds_50_messages_and_a_cursor_to_the_rest(lab: Lab, client: TestClient) -> None:
+    for number in range(60):
+        lab.deliver(f"Subject: n{number}\n\nbody {number}\n".encode(), catalogue=False)
+    lab.catch_up()
+    first = client.get("/api/v1/messages").json()
+    assert first["total"] == 60
+    assert [message["subject"] for message in first["messages"]] == [f"n{number}" for number in range(59, 9, -1)]
+    assert first["next_cursor"]
+    rest = client.get("/api/v1/messages", params={"cursor": first["next_cursor"]}).json()
+    assert [message["subject"] for message in rest["messages"]] == [f"n{number}" for number in range(9, -1, -1)]
+    assert rest["next_cursor"] is None
+
+
 # -- one message ---------------------------------------------------------------------------
 
 

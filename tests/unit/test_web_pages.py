@@ -161,7 +161,9 @@ def test_the_page_has_what_the_browser_tests_select(lab: Lab, client: TestClient
     ]
     frame = shown.by_id("preview-frame")
     assert frame.tag == "iframe"
-    assert frame.get("sandbox") in ("", None)  # every restriction, allow-scripts above all
+    assert "sandbox" in frame.attributes, "the preview is sandboxed"
+    # No allow-scripts: a message runs no script, nor (with allow-same-origin) lifts its own sandbox.
+    assert "allow-scripts" not in (frame.get("sandbox") or "").lower().split()
     assert "remote" in shown.by_id("blocked-note").text
 
 
