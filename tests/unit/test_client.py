@@ -394,6 +394,16 @@ def test_an_error_status_is_an_api_error_with_the_apis_words(lab: Lab) -> None:
     assert unknown.value.status == 404
 
 
+def test_a_count_past_the_apis_1000_is_an_api_error_naming_count(lab: Lab, domain: str) -> None:
+    # The limit the README documents: a wait returns at most one page of the API's.
+    with pytest.raises(ApiError) as raised:
+        lab.wait_for(domain=domain, count=1001, timeout=0)
+    assert raised.value.status == 400
+    assert raised.value.error == "count: Input should be less than or equal to 1000", raised.value.error
+    with pytest.raises(MessageTimeout):  # 1000 is still a wait
+        lab.wait_for(domain=domain, count=1000, timeout=0)
+
+
 # -- waiting -------------------------------------------------------------------------------------
 
 

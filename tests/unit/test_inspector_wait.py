@@ -9,6 +9,7 @@ domain or subject, so that the tests share the lab and not their mail.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -198,27 +199,57 @@ def test_count_waits_for_that_many_and_prints_them_oldest_first(lab: Lab) -> Non
 
 def test_a_timeout_exits_1_and_lists_what_did_arrive(lab: Lab) -> None:
     lab.send("carol@partial.test", "only one of two")
-    wait_until(lambda: lab.get("/messages?domain=partial.test")["total"] == 1, "the message to be catalogued")
+    lab.send("dan@partial.test", "not what was asked for")
+    lab.send("carol@elsewhere-partial.test", "only one of two, in another domain")
+    wait_until(lambda: lab.get("/messages?domain=partial.test")["total"] == 2, "the messages to be catalogued")
     started_at = time.monotonic()
-    result = wait_command("domain:partial.test", "--count", "2", "--timeout", "1", api=lab.api)
+    result = wait_command("subject:only", "--domain", "partial.test", "--count", "2", "--timeout", "1", api=lab.api)
     assert time.monotonic() - started_at >= 1
     assert result.returncode == 1, result.stderr
-    assert result.stderr == (
-        "wait: timed out after 1s waiting for 2 messages matching 'domain:partial.test': 1 of 2 arrived\n"
-    )
+    # stdout: what matched, as when the wait succeeds; stderr: the timeout, then what there is in the domain.
     assert re.fullmatch(
         rf"{RECEIVED}  partial\.test  from <.*>  to <carol@partial\.test>  only one of two\n", result.stdout
-    )
+    ), result.stdout
+    lines = result.stderr.splitlines()
+    assert lines[:2] == [
+        "wait: timed out after 1s waiting for 2 messages matching 'subject:only' in domain 'partial.test':"
+        " 1 of 2 arrived",
+        "wait: the latest 2 messages in domain partial.test, newest first (matching or not):",
+    ], result.stderr
+    assert [re.sub(RECEIVED, "T", line) for line in lines[2:]] == [
+        "  T  partial.test  from <app@sender.test>  to <dan@partial.test>  not what was asked for",
+        "  T  partial.test  from <app@sender.test>  to <carol@partial.test>  only one of two",
+    ], result.stderr
 
 
 def test_a_timeout_with_nothing_arrived_says_so(lab: Lab) -> None:
-    result = wait_command("subject:never-sent", "--timeout", "0.3", api=lab.api)
+    result = wait_command("subject:never-sent", "--domain", "nothing.test", "--timeout", "0.3", api=lab.api)
     assert result.returncode == 1
     assert result.stdout == ""
-    assert (
-        result.stderr
-        == "wait: timed out after 0.3s waiting for 1 message matching 'subject:never-sent': none arrived\n"
+    assert result.stderr == (
+        "wait: timed out after 0.3s waiting for 1 message matching 'subject:never-sent' in domain 'nothing.test':"
+        " none arrived\n"
+        "wait: there is no message in domain nothing.test at all\n"
     )
+
+
+def test_a_timeout_without_a_domain_shows_the_latest_ten_in_the_lab(lab: Lab) -> None:
+    for n in range(12):
+        lab.send(f"user{n}@latest.test", f"latest {n}")
+    wait_until(lambda: lab.get("/messages?domain=latest.test")["total"] == 12, "the messages to be catalogued")
+    result = wait_command("subject:never-sent", "--timeout", "0.3", api=lab.api)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("waiting for 1 message matching 'subject:never-sent': none arrived"), result.stderr
+    assert lines[1] == "wait: the latest 10 messages in the lab, newest first (matching or not):"
+    assert [line.rsplit("  ", 1)[1] for line in lines[2:]] == [f"latest {n}" for n in range(11, 1, -1)]
+
+
+def test_a_domain_the_api_refuses_is_one_line_and_exit_2(lab: Lab) -> None:
+    result = wait_command("x", "--domain", "not a domain", api=lab.api)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: domain: 'not a domain' is not a valid domain name"), result.stderr
 
 
 def test_json_lines_are_the_apis_summaries(lab: Lab) -> None:
@@ -235,10 +266,17 @@ def test_json_lines_are_the_apis_summaries(lab: Lab) -> None:
 def test_json_lines_on_timeout_leave_stdout_to_the_json(lab: Lab) -> None:
     lab.send("frank@jsontimeout.test", "one")
     wait_until(lambda: lab.get("/messages?domain=jsontimeout.test")["total"] == 1, "the message to be catalogued")
-    result = wait_command("domain:jsontimeout.test", "--count", "2", "--json", "--timeout", "1", api=lab.api)
+    arguments = ("", "--domain", "jsontimeout.test", "--count", "2", "--json", "--timeout", "1")
+    result = wait_command(*arguments, api=lab.api)
     assert result.returncode == 1
     assert [json.loads(line)["subject"] for line in result.stdout.splitlines()] == ["one"]
-    assert result.stderr.startswith("wait: timed out after 1s waiting for 2 messages")
+    # The latest messages are for the person reading the log: on stderr, as lines, after the timeout's.
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("wait: timed out after 1s waiting for 2 messages"), result.stderr
+    assert [re.sub(RECEIVED, "T", line) for line in lines[1:]] == [
+        "wait: the latest message in domain jsontimeout.test (matching or not):",
+        "  T  jsontimeout.test  from <app@sender.test>  to <frank@jsontimeout.test>  one",
+    ], result.stderr
 
 
 def test_a_malformed_query_is_one_line_naming_the_position_and_exit_2(lab: Lab) -> None:
@@ -328,6 +366,29 @@ def test_hostile_subjects_are_shown_never_obeyed(lab: Lab) -> None:
     result = wait_command(*wanted, "--json", api=None)
     exact = lab.get(f"/wait?query=domain:hostile.test&count={len(payloads)}&timeout=0")["messages"]
     assert [json.loads(line) for line in result.stdout.splitlines()] == exact  # JSON keeps the text exact
+
+
+@pytest.mark.parametrize(
+    ("group", "payloads", "markup"),
+    [("controls", CONTROL_PAYLOADS, ()), ("markup", MARKUP_PAYLOADS, MARKUP_PAYLOADS)],
+)
+def test_hostile_mail_among_the_latest_on_a_timeout_is_shown_never_obeyed(
+    lab: Lab, group: str, payloads: tuple[str, ...], markup: tuple[str, ...]
+) -> None:
+    assert len(payloads) <= waiting.LATEST_SHOWN  # all of them among the latest
+    domain = f"hostile-latest-{group}.test"
+    for n, payload in enumerate(payloads):
+        encoded = base64.b64encode(f"hostile {payload}".encode()).decode()
+        lab.send(f"victim{n}@{domain}", f"=?utf-8?b?{encoded}?=")
+    wait_until(lambda: lab.get(f"/messages?domain={domain}")["total"] == len(payloads), "the mail to be catalogued")
+    wanted = ("subject:never-sent", "--domain", domain, "--timeout", "0.2", "--api-url", lab.api)
+    for extra in ((), ("--json",)):
+        code, output = run_in_pty([sys.executable, "-m", "maillab_inspector", "wait", *wanted, *extra])
+        assert code == 1, output
+        assert_inert(output, markup=markup)
+        # The timeout's line, the heading, and one line each, whatever the subject holds.
+        assert output.count(b"\n") == 2 + len(payloads), output
+        assert output.count(b"hostile ") == len(payloads), output
 
 
 # -- the rounds, with a clock and answers made up --------------------------------------------------------------
@@ -458,3 +519,66 @@ def test_a_bad_api_url_is_refused_naming_the_setting(value: str) -> None:
 
 def test_the_api_url_defaults_to_the_labs_published_port() -> None:
     assert InspectorConfig.from_env({}).api_url == "http://127.0.0.1:8025"
+
+
+def test_the_latest_are_asked_for_in_the_waits_domain_and_read_newest_first() -> None:
+    inspector = ScriptedInspector((200, {"messages": [{"subject": "b"}, {"subject": "a"}], "next_cursor": "c"}, 0.1))
+    found = waiting.latest(inspector, "http://lab", "one.test")
+    assert [arrived.text("subject") for arrived in found.messages] == ["b", "a"] and found.problem == ""
+    assert inspector.asked == [("http://lab/api/v1/messages?limit=10&domain=one.test", waiting.LATEST_SECONDS)]
+    assert waiting.latest_url("http://lab", None) == "http://lab/api/v1/messages?limit=10"
+
+
+def refusing(exc: BaseException) -> waiting.Ask:
+    def ask(url: str, timeout: float) -> tuple[int, bytes]:
+        raise exc
+
+    return ask
+
+
+@pytest.mark.parametrize(
+    ("ask", "problem"),
+    [
+        (ScriptedInspector((500, {"error": "internal error (KeyError)"}, 0.0)), "http://lab answered 500: internal"),
+        (ScriptedInspector((200, b"<html>", 0.0)), "http://lab answered 200 without a list of messages"),
+        (ScriptedInspector((404, b"not here", 0.0)), "http://lab answered 404, not as maillab's inspector does"),
+        (refusing(ConnectionRefusedError(111, "Connection refused")), "http://lab did not answer (Connection refused)"),
+        (refusing(http.client.RemoteDisconnected("closed")), "http://lab did not answer (closed)"),
+    ],
+)
+def test_latest_that_cannot_be_read_is_a_line_of_the_report_not_a_failure(ask: waiting.Ask, problem: str) -> None:
+    found = waiting.latest(ask, "http://lab", None)
+    assert found.messages == () and found.problem.startswith(problem), found.problem
+    [line] = waiting.latest_lines(found, None)
+    assert line.startswith(f"wait: the latest messages in the lab could not be read: {problem}")
+
+
+def test_the_latest_lines_show_every_field_escaped() -> None:
+    hostile = "\x1b]0;PWNED\x07\x9b31m\n"
+    found = waiting.Latest(
+        messages=(
+            waiting.Arrived(
+                {
+                    "received": f"2026{hostile}",
+                    "domain": f"d{hostile}",
+                    "envelope": {"from": f"s{hostile}", "to": [f"r{hostile}"]},
+                    "subject": f"x{hostile}",
+                }
+            ),
+        )
+    )
+    lines = waiting.latest_lines(found, f"one.test{hostile}")
+    assert len(lines) == 2
+    for line in lines:
+        assert not any(character in line for character in "\x1b\x07\x9b\n"), line
+    assert lines[0] == "wait: the latest message in domain one.test\\x1b]0;PWNED\\x07\\x9b31m\\x0a (matching or not):"
+    assert lines[1].count("PWNED") == 5
+    [problem] = waiting.latest_lines(waiting.Latest(problem=f"no{hostile}"), None)
+    assert problem.endswith("no\\x1b]0;PWNED\\x07\\x9b31m\\x0a")
+
+
+def test_a_domain_goes_with_the_wait_and_into_what_it_says() -> None:
+    wanted = waiting.Wanted("subject:x", 2, 1.0, "one.test")
+    assert waiting.wait_url("http://lab", wanted, 1.0).endswith("&timeout=1.000&domain=one.test")
+    assert "domain" not in waiting.wait_url("http://lab", waiting.Wanted("subject:x"), 1.0)
+    assert wanted.described() == "2 messages matching 'subject:x' in domain 'one.test'"

@@ -21,7 +21,16 @@ import httpcore  # noqa: F401
 import httpx
 import pytest
 
-from maillab_client.plugin import ContainerLab, Inbox, SettingError, Settings, inbox_domain
+from maillab_client.plugin import (
+    ContainerLab,
+    Inbox,
+    InboxOptions,
+    MarkerError,
+    SettingError,
+    Settings,
+    inbox_domain,
+    inbox_options,
+)
 from tests.unit.conftest import free_port
 
 pytest_plugins = ["pytester"]
@@ -388,7 +397,7 @@ def test_a_bad_setting_fails_the_tests_that_use_it_with_one_line(
     result = pytester.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*maillab: 'localhost' is not host:port (for example 127.0.0.1:2525)"])
-    assert "Traceback" not in result.stdout.str()
+    assert "Traceback" not in result.stdout.str() and "During handling" not in result.stdout.str()
 
 
 def test_under_xdist_every_test_gets_only_its_own_mail(pytester: pytest.Pytester, against: HostLab) -> None:
@@ -444,3 +453,246 @@ def test_an_inbox_quotes_what_it_puts_in_a_query() -> None:
     assert lab.query() == ""
     with pytest.raises(ValueError, match="is not a local part"):
         lab.address("a b")
+
+
+# -- the maillab marker ----------------------------------------------------------------------------------------
+
+
+def test_the_marker_is_registered_so_strict_markers_accepts_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.maillab(keep=True, timeout=5)
+        def test_marked():
+            pass
+        """
+    )
+    result = pytester.runpytest("--strict-markers", "-W", "error")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.maillab(keep=False, timeout=None): keep=True leaves the test's inbox*"])
+
+
+def test_keep_leaves_the_inbox_visible_after_the_test_and_says_where(
+    pytester: pytest.Pytester, against: HostLab
+) -> None:
+    pytester.makepyfile(
+        SENDS
+        + """
+import pytest
+from pathlib import Path
+
+@pytest.mark.maillab(keep=True)
+def test_kept(inbox):
+    Path("kept.txt").write_text(inbox.domain)
+    send(inbox.smtp, inbox.address("alice"), "look at me")
+    inbox.wait_for(subject="look at me")
+
+def test_hidden(inbox):
+    Path("hidden.txt").write_text(inbox.domain)
+    send(inbox.smtp, inbox.address("alice"), "hide me")
+    inbox.wait_for(subject="hide me")
+"""
+    )
+    result = pytester.runpytest("-W", "error", "-rP")
+    result.assert_outcomes(passed=2)
+    kept, hidden = (pytester.path / "kept.txt").read_text(), (pytester.path / "hidden.txt").read_text()
+    assert against.messages(domain=kept)["total"] == 1  # no DELETE ?domain= at its teardown
+    assert against.messages(domain=hidden)["total"] == 0
+    result.stdout.fnmatch_lines(
+        ["*- maillab inbox kept -*", f"{kept} is kept (keep=True): {against.api_url}/?domain={kept}"]
+    )
+    assert result.stdout.str().count("maillab inbox kept") == 1  # the test that keeps its inbox only
+
+
+def test_the_markers_timeout_is_the_default_of_wait_for_and_not_of_within(
+    pytester: pytest.Pytester, against: HostLab
+) -> None:
+    pytester.makepyfile(
+        SENDS
+        + """
+import pytest
+
+pytestmark = pytest.mark.maillab(timeout=0.3)
+
+def test_module_marker(inbox):
+    inbox.wait_for(subject="never sent")
+
+@pytest.mark.maillab(timeout=0.6)
+def test_closest_marker(inbox):
+    inbox.wait_for(subject="never sent")
+
+@pytest.mark.maillab(timeout=30)
+def test_call(inbox):
+    inbox.wait_for(subject="never sent", timeout=0.2)
+
+@pytest.mark.maillab(timeout=30)
+def test_within(inbox):
+    send(inbox.smtp, inbox.address("carol"), "surprise")
+    inbox.assert_no_message()
+"""
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*MessageTimeout: waited 0.3 s for 1 message matching 'subject:\"never sent\"' in domain t-test-module-*",
+            "*MessageTimeout: waited 0.6 s for 1 message matching * in domain t-test-closest-marker-*",
+            "*MessageTimeout: waited 0.2 s for 1 message matching * in domain t-test-call-*",
+            "*UnexpectedMessage: expected no message at all in domain t-test-within-* within 2 s, but one arrived:",
+        ]
+    )
+
+
+def test_the_closest_marker_wins_argument_by_argument(pytester: pytest.Pytester, against: HostLab) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.maillab(keep=True, timeout=3)
+
+        @pytest.mark.maillab(timeout=0.4)
+        class TestMarked:
+            def test_both(self, inbox):
+                assert (inbox.keep, inbox.timeout) == (True, 0.4)
+
+            @pytest.mark.maillab(keep=False)
+            def test_closest(self, inbox):
+                assert (inbox.keep, inbox.timeout) == (False, 0.4)
+
+        def test_module(inbox):
+            assert (inbox.keep, inbox.timeout) == (True, 3.0)
+        """
+    )
+    unmarked = "def test_unmarked(inbox):\n    assert (inbox.keep, inbox.timeout) == (False, 10.0)\n"
+    pytester.makepyfile(test_unmarked=unmarked)
+    result = pytester.runpytest("-W", "error")
+    result.assert_outcomes(passed=4)
+
+
+def test_a_marker_argument_it_does_not_take_fails_the_test_in_one_line_with_no_lab_there_too(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, docker_log: Path
+) -> None:
+    monkeypatch.setenv("MAILLAB_API_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.maillab(kep=True)
+        def test_typo(inbox):
+            pass
+
+        @pytest.mark.maillab(True)
+        def test_positional(inbox):
+            pass
+
+        @pytest.mark.maillab(timeout="5")
+        def test_text(inbox):
+            pass
+        """
+    )
+    result = pytester.runpytest("--maillab-no-start", "--strict-markers")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "maillab: @pytest.mark.maillab got the unknown argument kep: it takes keep= and timeout=",
+            "maillab: @pytest.mark.maillab takes keyword arguments only (keep=, timeout=), not (True,)",
+            "maillab: @pytest.mark.maillab(timeout='5'): timeout is a number of seconds, 0 or more",
+        ]
+    )
+    output = result.stdout.str()
+    assert "Traceback" not in output and "plugin.py" not in output and "During handling" not in output, output
+    assert output.count("got the unknown argument kep") == 1  # the error's one line, nothing else
+
+
+@pytest.mark.parametrize(
+    ("marks", "options"),
+    [
+        ([], InboxOptions(keep=False, timeout=10.0)),
+        ([pytest.mark.maillab(keep=True)], InboxOptions(keep=True, timeout=10.0)),
+        ([pytest.mark.maillab(timeout=0)], InboxOptions(keep=False, timeout=0.0)),
+        ([pytest.mark.maillab(timeout=None), pytest.mark.maillab(timeout=4)], InboxOptions(timeout=10.0)),
+        ([pytest.mark.maillab(timeout=2.5), pytest.mark.maillab(keep=True, timeout=9)], InboxOptions(True, 2.5)),
+    ],
+)
+def test_inbox_options_from_the_markers_closest_first(marks: list[pytest.MarkDecorator], options: InboxOptions) -> None:
+    assert inbox_options(mark.mark for mark in marks) == options
+
+
+@pytest.mark.parametrize(
+    ("mark", "error"),
+    [
+        (pytest.mark.maillab(keep=True, timeout=1, domain="x"), "the unknown argument domain: it takes keep= and"),
+        (pytest.mark.maillab(keep="yes"), "@pytest.mark.maillab(keep='yes'): keep is True or False"),
+        (pytest.mark.maillab(keep=1), "keep is True or False"),
+        (pytest.mark.maillab(timeout=-1), "(timeout=-1): timeout is a number of seconds, 0 or more"),
+        (pytest.mark.maillab(timeout=float("nan")), "(timeout=nan): timeout is a number of seconds"),
+        (pytest.mark.maillab(timeout=float("inf")), "(timeout=inf): timeout is a number of seconds"),
+        (pytest.mark.maillab(timeout=True), "(timeout=True): timeout is a number of seconds"),
+        (pytest.mark.maillab(5), "takes keyword arguments only (keep=, timeout=), not (5,)"),
+        (pytest.mark.maillab(keep="\x1b[31m"), "(keep='\\x1b[31m'): keep is"),
+    ],
+)
+def test_a_marker_it_cannot_use_is_one_line_naming_the_argument(mark: pytest.MarkDecorator, error: str) -> None:
+    with pytest.raises(MarkerError) as raised:
+        inbox_options([mark.mark])
+    message = str(raised.value)
+    assert message.startswith("maillab: @pytest.mark.maillab") and error in message, message
+    assert "\n" not in message and "\x1b" not in message
+
+
+# -- the command-line flags ------------------------------------------------------------------------------------
+
+SENDS_AND_WAITS = (
+    SENDS
+    + """
+def test_mail(inbox):
+    send(inbox.smtp, inbox.address("alice"), "by the flags")
+    [mail] = inbox.wait_for(subject="by the flags", timeout=20)
+    assert mail.recipients == [inbox.address("alice")]
+"""
+)
+
+
+def test_the_flags_name_the_lab(pytester: pytest.Pytester, host_lab: HostLab, docker_log: Path) -> None:
+    assert not any(name.startswith("MAILLAB_") for name in os.environ)  # the flags alone
+    pytester.makepyfile(SENDS_AND_WAITS)
+    flags = ["--maillab-api-url", host_lab.api_url, "--maillab-smtp", f"127.0.0.1:{host_lab.smtp_port}"]
+    result = pytester.runpytest("-W", "error", "--maillab-no-start", *flags)
+    result.assert_outcomes(passed=1)
+
+
+def test_a_flag_wins_over_its_environment_variable(
+    pytester: pytest.Pytester, host_lab: HostLab, monkeypatch: pytest.MonkeyPatch, docker_log: Path
+) -> None:
+    api, smtp = host_lab.api_url, f"127.0.0.1:{host_lab.smtp_port}"
+    dead_api, dead_smtp = f"http://127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"  # nothing listens there
+    pytester.makepyfile(SENDS_AND_WAITS)
+
+    monkeypatch.setenv("MAILLAB_API_URL", dead_api)
+    monkeypatch.setenv("MAILLAB_SMTP", dead_smtp)
+    result = pytester.runpytest("-W", "error", "--maillab-no-start", "--maillab-api-url", api, "--maillab-smtp", smtp)
+    result.assert_outcomes(passed=1)
+
+    monkeypatch.setenv("MAILLAB_API_URL", api)
+    monkeypatch.setenv("MAILLAB_SMTP", smtp)
+    result = pytester.runpytest("-rs", "--maillab-no-start", "--maillab-smtp", dead_smtp)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([f"SKIPPED * maillab: the lab at {api} answers but its SMTP at {dead_smtp} does not*"])
+    result = pytester.runpytest("-rs", "--maillab-no-start", "--maillab-api-url", dead_api)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([f"SKIPPED * maillab: no lab answers at {dead_api} (*"])
+
+
+def test_settings_take_each_flag_before_its_variable(pytester: pytest.Pytester) -> None:
+    env = {"MAILLAB_API_URL": "http://env.test:1", "MAILLAB_SMTP": "env.test:1", "MAILLAB_START": "never"}
+    config = pytester.parseconfig(
+        "--maillab-api-url", "http://flag.test:2/api/v1/", "--maillab-smtp", "flag.test:2", "--maillab-start"
+    )
+    settings = Settings.of(config, env)
+    assert (settings.api_url, settings.smtp, settings.start) == ("http://flag.test:2", ("flag.test", 2), "always")
+    unflagged = Settings.of(pytester.parseconfig(), env)
+    assert (unflagged.api_url, unflagged.smtp, unflagged.start) == ("http://env.test:1", ("env.test", 1), "never")
+    with pytest.raises(SettingError, match=r"'flag\.test' is not host:port"):
+        Settings.of(pytester.parseconfig("--maillab-smtp", "flag.test"), env)

@@ -2,8 +2,18 @@
 a recipient domain of its own, so that tests never see each other's mail, under pytest-xdist too.
 
 The pytest11 entry point loads it wherever maillab-client is installed, so it stays inert
-until a test asks for one of its fixtures: it adds its options and a report hook that looks
-only at tests holding an inbox, and opens no connection and runs no Docker command before that.
+until a test asks for one of its fixtures: it adds its options, registers its marker and a
+report hook that looks only at tests holding an inbox, and opens no connection and runs no
+Docker command before that.
+
+The marker `@pytest.mark.maillab(keep=False, timeout=None)` (on a test, a class or a module;
+the closest one wins, argument by argument) sets up that test's inbox: `keep=True` leaves it
+visible at teardown (no DELETE ?domain=), to be looked at in the web view; `timeout=S` is the
+default timeout of its `wait_for`. Not of `assert_no_message`, whose `within` keeps its own
+default (2 s): a wait's timeout is a bound that costs nothing when the mail comes, while
+`within` is waited in full by every test that passes, so a timeout raised for a slow CI
+would slow down every one of them. It applies to the `inbox` fixture only; an argument it
+does not know fails the test that asks for an inbox, in one line.
 
 Where `maillab_lab` gets its lab, in this order:
 
@@ -37,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -46,9 +57,10 @@ import subprocess
 import time
 import uuid
 import weakref
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -66,6 +78,9 @@ START_TIMEOUT = 90.0  # seconds for a started lab to answer; a cold inspector bu
 # Containers, network and volume of a started lab carry this label, so that a session killed
 # before its teardown leaves things one `docker ... prune --filter label=maillab.pytest` removes.
 LABEL = "maillab.pytest"
+WAIT_TIMEOUT = 10.0  # seconds an inbox's wait_for waits when neither the call nor the marker says
+MARKER = "maillab"
+MARKER_ARGUMENTS = ("keep", "timeout")
 
 # The inbox each running test holds, for its report. A weak mapping rather than the item's
 # stash: that needs pytest 7, and this module is imported by every pytest where the client is installed.
@@ -106,6 +121,57 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"the tag of the maillab/server and maillab/inspector images a started lab runs"
         f" (default: $MAILLAB_IMAGE_TAG, else {DEFAULT_IMAGE_TAG}, as `make build` tags them)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(keep=False, timeout=None): keep=True leaves the test's inbox visible in the lab's web view"
+        " after the test; timeout=S is the default timeout of its inbox.wait_for",
+    )
+
+
+@dataclass(frozen=True)
+class InboxOptions:
+    """What a test's maillab markers ask of its inbox: keep it after the test, and its wait_for's default timeout."""
+
+    keep: bool = False
+    timeout: float = WAIT_TIMEOUT
+
+
+class MarkerError(ValueError):
+    """A maillab marker with an argument it does not take, or a value it cannot use; the message says which."""
+
+
+def inbox_options(markers: Iterable[pytest.Mark]) -> InboxOptions:
+    """What the markers (closest first, as `iter_markers` gives them) set; the closest wins, argument by argument."""
+    chosen: dict[str, object] = {}
+    for mark in markers:
+        if mark.args:
+            raise MarkerError(
+                f"maillab: @pytest.mark.{MARKER} takes keyword arguments only (keep=, timeout=),"
+                f" not {printable(repr(mark.args), 80)}"
+            )
+        unknown = [name for name in mark.kwargs if name not in MARKER_ARGUMENTS]
+        if unknown:
+            raise MarkerError(
+                f"maillab: @pytest.mark.{MARKER} got the unknown argument {printable(', '.join(unknown), 80)}:"
+                f" it takes keep= and timeout="
+            )
+        for name, value in mark.kwargs.items():
+            chosen.setdefault(name, value)
+    keep = chosen.get("keep", False)
+    if not isinstance(keep, bool):
+        raise MarkerError(f"maillab: @pytest.mark.{MARKER}(keep={printable(repr(keep), 80)}): keep is True or False")
+    timeout = chosen.get("timeout")
+    if timeout is None:
+        return InboxOptions(keep=keep)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < math.inf:
+        raise MarkerError(
+            f"maillab: @pytest.mark.{MARKER}(timeout={printable(repr(timeout), 80)}):"
+            " timeout is a number of seconds, 0 or more"
+        )
+    return InboxOptions(keep=keep, timeout=float(timeout))
 
 
 @dataclass(frozen=True)
@@ -151,6 +217,15 @@ class SettingError(ValueError):
     """An option or variable of the plugin's that cannot be used; the message says which and why."""
 
 
+def settings_of(config: pytest.Config) -> Settings:
+    """The plugin's settings; a failure of the test that asked, in the setting's one line, for one that is wrong."""
+    try:
+        return Settings.of(config)
+    except SettingError as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except: pytest would show the SettingError too
+
+
 @pytest.fixture(scope="session")
 def maillab_images(pytestconfig: pytest.Config) -> dict[str, str]:
     """The images a lab started for the session runs, service -> image: maillab/<service>:<--maillab-image-tag>.
@@ -165,10 +240,7 @@ def maillab_images(pytestconfig: pytest.Config) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def maillab_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A lab that answers: the running one, or one started in containers for this session; else a skip."""
-    try:
-        settings = Settings.of(request.config)
-    except SettingError as error:
-        pytest.fail(str(error), pytrace=False)
+    settings = settings_of(request.config)
     tried = ""
     if settings.start != "always":
         running = Lab(api_url=settings.api_url, smtp=settings.smtp)
@@ -207,15 +279,31 @@ def maillab_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def inbox(maillab_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Inbox]:
-    """A recipient domain for this test alone, hidden from the lab's views (DELETE ?domain=) after it."""
-    made = Inbox(maillab_lab, inbox_domain(request.node.nodeid, os.environ.get("PYTEST_XDIST_WORKER", "main")))
+def inbox(request: pytest.FixtureRequest) -> Iterator[Inbox]:
+    """A recipient domain for this test alone, hidden from the lab's views (DELETE ?domain=) after it,
+    unless its maillab marker says keep=True."""
+    options = marked_options(request.node)
+    # Asked for after the marker is read, so that a marker's mistake is said with no lab there too, not skipped.
+    maillab_lab: Lab = request.getfixturevalue("maillab_lab")
+    domain = inbox_domain(request.node.nodeid, os.environ.get("PYTEST_XDIST_WORKER", "main"))
+    made = Inbox(maillab_lab, domain, timeout=options.timeout, keep=options.keep)
     _INBOXES[request.node] = made
     yield made
+    if made.keep:
+        return
     try:
         maillab_lab.delete(domain=made.domain)
     except MailLabError as error:
         pytest.fail(f"maillab: could not hide the inbox {made.domain}: {printable(str(error))}", pytrace=False)
+
+
+def marked_options(node: pytest.Item) -> InboxOptions:
+    """The options the test's maillab markers set; a failure of the test, in the marker's one line, for a mistake."""
+    try:
+        return inbox_options(node.iter_markers(MARKER))
+    except MarkerError as error:
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)  # outside the except: pytest would show the MarkerError too
 
 
 def inbox_domain(nodeid: str, worker: str, random: str | None = None) -> str:
@@ -236,9 +324,17 @@ def inbox_domain(nodeid: str, worker: str, random: str | None = None) -> str:
 class Inbox:
     """One test's mail: every address at its own domain, and queries scoped to that domain."""
 
-    def __init__(self, lab: Lab, domain: str) -> None:
+    def __init__(self, lab: Lab, domain: str, *, timeout: float = WAIT_TIMEOUT, keep: bool = False) -> None:
         self.lab = lab
         self.domain = domain
+        self.timeout = timeout  # wait_for's default
+        self.keep = keep  # left visible after the test, for the web view
+
+    @property
+    def web_url(self) -> str:
+        """This inbox in the lab's web view."""
+        url: str = self.lab.api_url
+        return f"{url}/?{urlencode({'domain': self.domain})}"
 
     def __repr__(self) -> str:
         return f"Inbox({self.domain!r})"
@@ -272,17 +368,18 @@ class Inbox:
         to: str | None = None,
         query: str | None = None,
         count: int = 1,
-        timeout: float = 10.0,
+        timeout: float | None = None,
     ) -> list[Message]:
         """The first `count` messages in this inbox that match, oldest first, once they are there.
 
         The lab waits on its side, answering the moment they land; MessageTimeout after
-        `timeout` seconds says what did arrive.
+        `timeout` seconds (the maillab marker's timeout, else 10) says what did arrive.
         """
         __tracebackhide__ = True
         wanted = self.query(subject, to, query) or None
+        waited = self.timeout if timeout is None else timeout
         try:
-            return self.lab.wait_for(wanted, count=count, timeout=timeout, domain=self.domain)
+            return self.lab.wait_for(wanted, count=count, timeout=waited, domain=self.domain)
         except MailLabError as error:
             raise told(error) from None
 
@@ -295,7 +392,10 @@ class Inbox:
             raise told(error) from None
 
     def assert_no_message(self, within: float = 2.0, query: str | None = None) -> None:
-        """Fail (UnexpectedMessage) if a message that matches lands in this inbox within `within` seconds."""
+        """Fail (UnexpectedMessage) if a message that matches lands in this inbox within `within` seconds.
+
+        The marker's timeout does not change `within`: it is waited in full whenever the test passes.
+        """
         __tracebackhide__ = True
         try:
             self.lab.assert_no_message(query or None, within=within, domain=self.domain)
@@ -328,12 +428,17 @@ def quoted(value: str) -> str:
 
 @pytest.hookimpl(hookwrapper=True)  # not wrapper=True, which needs pluggy 1.2 (pytest 7.4)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """A failing test that holds an inbox gets a report section with the mail that did arrive there."""
+    """A failing test that holds an inbox gets a report section with the mail that did arrive there; a test whose
+    inbox is kept, one with its address in the web view (shown for a passing test with -rP)."""
     outcome = yield
     report = outcome.get_result()
     made = _INBOXES.get(item)
-    if made is not None and report.when == "call" and report.failed:
+    if made is None or report.when != "call":
+        return
+    if report.failed:
         report.sections.append((f"maillab inbox {made.domain}", made.describe()))
+    if made.keep:
+        report.sections.append(("maillab inbox kept", f"{made.domain} is kept (keep=True): {made.web_url}"))
 
 
 def reason_of(error: MailLabError) -> str:

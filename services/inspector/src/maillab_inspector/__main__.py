@@ -405,6 +405,9 @@ def wait_for_mail(
     query: Annotated[str, typer.Argument(help="What to wait for, in the API's query syntax (docs/api.md); '' for any")],
     count: Annotated[int, typer.Option(min=1, max=PAGE_MAX, help="How many matching messages to wait for")] = 1,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait at most")] = 10.0,
+    domain: Annotated[
+        str | None, typer.Option(help="Only this domain's mail: for the wait, and for the latest shown on timeout")
+    ] = None,
     json_lines: Annotated[bool, typer.Option("--json", help="Each message as a JSON line: the API's summary")] = False,
     api: Annotated[
         str | None, typer.Option("--api-url", help=env_help("The running inspector's address", "MAILLAB_API_URL"))
@@ -412,8 +415,9 @@ def wait_for_mail(
 ) -> None:
     """Wait until COUNT messages match QUERY in the running lab, and print them (exit 0).
 
-    Mail that arrived before the call counts. On timeout it prints what did match and exits 1;
-    a malformed query, or a lab that does not answer, is one error line and exit 2.
+    Mail that arrived before the call counts. On timeout it prints what did match (stdout)
+    and the latest messages there are, matching or not (stderr), and exits 1; a malformed
+    query, or a lab that does not answer, is one error line and exit 2.
     """
     try:
         config = InspectorConfig.from_env()
@@ -422,7 +426,7 @@ def wait_for_mail(
         fail(str(exc))
     if not math.isfinite(timeout):
         fail(f"--timeout {timeout} is not a number of seconds")
-    wanted = waiting.Wanted(query, count, timeout)
+    wanted = waiting.Wanted(query, count, timeout, domain or None)
     show = waiting.as_json if json_lines else waiting.as_line
     try:
         outcome = waiting.wait_for(http_get, base, wanted)
@@ -439,6 +443,9 @@ def wait_for_mail(
     for arrived in outcome.messages:
         print(show(arrived), flush=True)
     if not outcome.found:
+        # On stderr, as lines for a person, with --json too: stdout stays the matches, one summary a line.
+        for line in waiting.latest_lines(waiting.latest(http_get, base, wanted.domain), wanted.domain):
+            say(line, error=True)
         raise typer.Exit(1)
 
 

@@ -21,6 +21,7 @@ JSON lines escape what `json.dumps` would leave raw, as `watch --json` does.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +41,10 @@ ANSWER_GRACE = 30.0
 # A 408 this much sooner than the round's timeout did not come from the timeout: the
 # inspector ends open waits when it stops (docker compose restart inspector, say).
 EARLY = 0.05
+# The latest messages a timeout shows besides the matches: as many as the client's MessageTimeout.
+LATEST_SHOWN = 10
+# Seconds the socket waits for the latest messages: one page of summaries, no wait on the API's side.
+LATEST_SECONDS = 10.0
 
 
 class WaitFailed(Exception):
@@ -61,16 +66,19 @@ class Interrupted(WaitFailed):
 
 @dataclass(frozen=True)
 class Wanted:
-    """What the command waits for: `count` messages matching `query` (the API's syntax), within `timeout` seconds."""
+    """What the command waits for: `count` messages matching `query` (the API's syntax), within `timeout` seconds,
+    in `domain` only when one is given (the API checks and normalises it)."""
 
     query: str
     count: int = 1
     timeout: float = 10.0
+    domain: str | None = None
 
     def described(self) -> str:
         """'2 messages matching 'subject:reset'', for the lines that say what was waited for."""
         what = "1 message" if self.count == 1 else f"{self.count:,} messages"
-        return f"{what} matching {self.query!r}" if self.query.strip() else f"{what} (any)"
+        described = f"{what} matching {self.query!r}" if self.query.strip() else f"{what} (any)"
+        return f"{described} in domain {self.domain!r}" if self.domain else described
 
 
 @dataclass(frozen=True)
@@ -103,30 +111,48 @@ class Outcome:
 
 def wait_url(api: str, wanted: Wanted, seconds: float) -> str:
     """The request for one round of at most `seconds`."""
-    parameters = {"query": wanted.query, "count": wanted.count, "timeout": f"{seconds:.3f}"}
+    parameters: dict[str, str | int] = {"query": wanted.query, "count": wanted.count, "timeout": f"{seconds:.3f}"}
+    if wanted.domain:
+        parameters["domain"] = wanted.domain
     return f"{api}/api/v1/wait?{urlencode(parameters)}"
 
 
 def read_answer(api: str, status: int, body: bytes) -> Outcome:
     """A round's answer as an Outcome; Refused, saying why in one line, for an answer that is not one."""
-    try:
-        document = json.loads(body)
-    except ValueError:  # not JSON, or not UTF-8
-        document = None
+    document = decoded(body)
     if status in (200, 408):
-        messages = document.get("messages") if isinstance(document, dict) else None
-        if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
-            raise Refused(f"{api} answered {status} without a list of messages: is it maillab's inspector?")
-        return Outcome(found=status == 200, messages=tuple(Arrived(message) for message in messages))
+        return Outcome(found=status == 200, messages=listed(api, status, document))
+    raise refusal(api, status, document)
+
+
+def decoded(body: bytes) -> object:
+    """The answer's JSON; None when it is not JSON, or not UTF-8."""
+    try:
+        document: object = json.loads(body)
+    except ValueError:
+        return None
+    return document
+
+
+def listed(api: str, status: int, document: object) -> tuple[Arrived, ...]:
+    """The `messages` of a wait's or a page's answer; Refused when it holds no list of summaries."""
+    messages = document.get("messages") if isinstance(document, dict) else None
+    if not isinstance(messages, list) or not all(isinstance(message, dict) for message in messages):
+        raise Refused(f"{api} answered {status} without a list of messages: is it maillab's inspector?")
+    return tuple(Arrived(message) for message in messages)
+
+
+def refusal(api: str, status: int, document: object) -> Refused:
+    """The one line for an error status, from the API's `error` text when it has one."""
     error = document.get("error") if isinstance(document, dict) else None
     if not isinstance(error, str):
-        raise Refused(f"{api} answered {status}, not as maillab's inspector does: is it the inspector's address?")
+        return Refused(f"{api} answered {status}, not as maillab's inspector does: is it the inspector's address?")
     if status == 400:
-        raise Refused(error)  # it names the parameter, and for a query the position: already what to say
+        return Refused(error)  # it names the parameter, and for a query the position: already what to say
     if status == 421:
         hint = "the inspector's MAILLAB_HTTP_HOSTS names those it answers to"
-        raise Refused(f"{api} answered {status}: {error} ({hint})")
-    raise Refused(f"{api} answered {status}: {error}")
+        return Refused(f"{api} answered {status}: {error} ({hint})")
+    return Refused(f"{api} answered {status}: {error}")
 
 
 def wait_for(ask: Ask, api: str, wanted: Wanted, clock: Callable[[], float] = time.monotonic) -> Outcome:
@@ -155,14 +181,64 @@ def wait_for(ask: Ask, api: str, wanted: Wanted, clock: Callable[[], float] = ti
             return outcome
 
 
+@dataclass(frozen=True)
+class Latest:
+    """The latest messages there are (newest first) for a timeout's report; or, in `problem`, why they are not."""
+
+    messages: tuple[Arrived, ...] = ()
+    problem: str = ""
+
+
+def latest_url(api: str, domain: str | None, limit: int = LATEST_SHOWN) -> str:
+    """The request for the first page of the newest messages, in `domain` when one is given."""
+    parameters: dict[str, str | int] = {"limit": limit}
+    if domain:
+        parameters["domain"] = domain
+    return f"{api}/api/v1/messages?{urlencode(parameters)}"
+
+
+def latest(ask: Ask, api: str, domain: str | None) -> Latest:
+    """The latest messages in `domain` (in the lab without one), matching or not: what did arrive.
+
+    Never raises for the inspector's sake: the wait has timed out, which is the command's
+    answer; a list that cannot be read is said in the report, as its `problem`.
+    """
+    try:
+        status, body = ask(latest_url(api, domain), LATEST_SECONDS)
+        document = decoded(body)
+        if status != 200:
+            raise refusal(api, status, document)
+        return Latest(messages=listed(api, status, document))
+    except Refused as exc:
+        return Latest(problem=str(exc))
+    except (OSError, http.client.HTTPException) as exc:
+        return Latest(problem=f"{api} did not answer ({why(exc)})")
+
+
+def latest_lines(found: Latest, domain: str | None) -> list[str]:
+    """The report's lines on the latest messages: a heading, then one indented line each, as `as_line` shows them."""
+    where = f"in domain {render.shown(domain)}" if domain else "in the lab"
+    if found.problem:
+        return [f"wait: the latest messages {where} could not be read: {render.shown(found.problem)}"]
+    if not found.messages:
+        return [f"wait: there is no message {where} at all"]
+    count = len(found.messages)
+    heading = f"the latest message {where}" if count == 1 else f"the latest {count} messages {where}, newest first"
+    return [f"wait: {heading} (matching or not):"] + [f"  {as_line(arrived)}" for arrived in found.messages]
+
+
 def unreachable(api: str, exc: BaseException) -> str:
     """The line for an inspector that did not answer: which address, why, and how to start the lab."""
-    reason = getattr(exc, "reason", exc)  # a URLError wraps the socket's error
-    why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
     return (
-        f"the inspector's API at {api} did not answer ({why}): start the lab with `make up`, "
+        f"the inspector's API at {api} did not answer ({why(exc)}): start the lab with `make up`, "
         "or give its address with --api-url or MAILLAB_API_URL"
     )
+
+
+def why(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words ("Connection refused", "timed out")."""
+    reason = getattr(exc, "reason", exc)  # a URLError wraps the socket's error
+    return getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
 
 
 def as_line(arrived: Arrived) -> str:
