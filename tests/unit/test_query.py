@@ -24,6 +24,7 @@ from maillab_inspector.query import (
     QuerySyntaxError,
     Term,
     arrival_keys,
+    on_rows_alone,
     parse,
     to_seq_set,
     to_sql,
@@ -453,3 +454,18 @@ def test_arrival_keys_name_the_message_id_the_domain_and_each_address_by_role() 
         ("from address", "al@y.test"),
         ("from domain", "y.test"),
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "alone"),
+    [
+        ("message-id:a@x.test", True),
+        ("message-id:a@x.test domain:x.test has:attachment larger:1KiB -before:2026-01-01", True),
+        ("message-id:a@x.test hello", False),
+        ("message-id:a@x.test subject:hi", False),
+        ("message-id:a@x.test -from:y.test", False),
+        ("message-id:a@x.test filename:a.pdf", False),
+    ],
+)
+def test_a_query_is_answered_from_rows_alone_only_without_text_addresses_or_file_names(text: str, alone: bool) -> None:
+    assert on_rows_alone(parse(text)) is alone

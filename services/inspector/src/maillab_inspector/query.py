@@ -238,6 +238,16 @@ def _address_column(role: str, value: str) -> tuple[str, str]:
     return "address", f"{local}@{domain.lower()}"
 
 
+# Fields compared on a message's own row, with no subquery over the full-text or address tables.
+ROW_FIELDS = frozenset({"message-id", "domain", "has", "larger", "smaller", "before", "after"})
+
+
+def on_rows_alone(query: Query) -> bool:
+    """Whether every term of `query` is answered from a message's own row: with a Message-ID among them, a
+    lookup of a row or two however large the catalogue (a free word or an address would read an index's all)."""
+    return all(term.field in ROW_FIELDS for term in query.terms)
+
+
 # ---- which commits can wake a wait ------------------------------------------------------------------------------
 
 WakeKey = tuple[str, str]

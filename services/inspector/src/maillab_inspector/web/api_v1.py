@@ -9,7 +9,9 @@ model, which never raises, and its text reaches JSON as valid Unicode.
 
 The catalogue's calls block (SQLite), so they run in the thread pool: sync routes are run
 there by FastAPI, and the two that wait (`wait`, `events`) are async and await the
-catalogue's commit notification (Commits.wait) between looks, never a timer.
+catalogue's commit notification between looks (Commits.wait; web/wakeups.py for `wait`),
+never a timer. A wait's look for one Message-ID that reads no other table is the exception:
+a lookup of a row or two, made on the event loop.
 
 What a message says is served so that no browser takes it for the lab's own content:
 raw bytes as message/rfc822 to download, attachments as downloads (and as
@@ -736,9 +738,11 @@ async def wait_for_matches(
     found: list[Summary] = []
     seen = 0  # every catalogued message up to this seq has been looked at
     key = search.wake_key(chosen.query, chosen.domain)
-    # A look for one Message-ID is an index lookup of a row or two, cheaper than a hop to a thread:
-    # at hundreds of waits a second the hops were what the waits queued behind.
-    on_loop = key is not None and key[0] == "message-id"
+    # A look for one Message-ID, with no term that reads another table, is an index lookup of a row
+    # or two: cheaper than a hop to a thread, which at hundreds of waits a second they queued behind.
+    on_loop = (
+        key is not None and key[0] == "message-id" and chosen.query is not None and search.on_rows_alone(chosen.query)
+    )
     status = 408
     with state.streams.opened() as closing:
         while True:
