@@ -558,6 +558,10 @@ class EventReader:
                         self.arrived[json.loads(line[6:])["message_id"]] = now
 
     def close(self) -> None:
+        """End the stream: the reading thread sees its end first (a socket closed under its recv fails it)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
         self.sock.close()
 
 

@@ -42,6 +42,8 @@ IDLE_SECONDS = 5.0  # how long the reader waits for a commit before it looks whe
 
 
 class Wakeups:
+    """The waits of one event loop, by the key each sleeps on, and the keys that the commits lately brought."""
+
     def __init__(self, catalogue: Catalogue) -> None:
         self.catalogue = catalogue
         self.read = catalogue.commits.latest  # every commit up to this seq has been read for its keys
