@@ -339,18 +339,24 @@ def replace_with_what_is_not_a_catalogue(path: Path) -> None:
     path.write_bytes(b"not a catalogue\n" * 512)
 
 
-@pytest.mark.parametrize("spoil", [spoil_the_schema_version, replace_with_what_is_not_a_catalogue])
-def test_serve_rebuilds_a_catalogue_of_another_schema_version_with_the_same_answers(
-    tmp_path: Path, serving: list[Serve], spoil: Callable[[Path], None]
-) -> None:
+def sixty_served(tmp_path: Path, serving: list[Serve]) -> tuple[Path, Path, Serve, Any]:
+    """Sixty messages in two domain files (a.test 1-40, b.test 41-60), served until all are catalogued:
+    the forward and state folders, the serve, and its list of the sixty."""
     forward, state = tmp_path / "forward", tmp_path / "state"
     forward.mkdir()
     state.mkdir()
     write(forward / "a.test", range(1, 41))
     write(forward / "b.test", range(41, 61))
-    serving.append(first := Serve(forward, state))
-    wait_until(lambda: first.get("/messages")["total"] == 60, "the sixty messages")
-    before = first.get("/messages?limit=1000")
+    serving.append(serve := Serve(forward, state))
+    wait_until(lambda: serve.get("/messages")["total"] == 60, "the sixty messages")
+    return forward, state, serve, serve.get("/messages?limit=1000")
+
+
+@pytest.mark.parametrize("spoil", [spoil_the_schema_version, replace_with_what_is_not_a_catalogue])
+def test_serve_rebuilds_a_catalogue_of_another_schema_version_with_the_same_answers(
+    tmp_path: Path, serving: list[Serve], spoil: Callable[[Path], None]
+) -> None:
+    forward, state, first, before = sixty_served(tmp_path, serving)
     assert first.stop() == 0
     path = state / "catalogue.sqlite3"
     spoil(path)
@@ -384,14 +390,7 @@ def test_a_kill_9_mid_backlog_catalogues_every_message_once(tmp_path: Path, serv
 
 
 def test_reindex_refuses_a_served_catalogue_and_rebuilds_the_same_answers(tmp_path: Path, serving: list[Serve]) -> None:
-    forward, state = tmp_path / "forward", tmp_path / "state"
-    forward.mkdir()
-    state.mkdir()
-    write(forward / "a.test", range(1, 41))
-    write(forward / "b.test", range(41, 61))
-    serving.append(serve := Serve(forward, state))
-    wait_until(lambda: serve.get("/messages")["total"] == 60, "the sixty messages")
-    before = serve.get("/messages?limit=1000")
+    forward, state, serve, before = sixty_served(tmp_path, serving)
     env = {key: value for key, value in serve.env.items() if key in ("MAILLAB_CATALOGUE",)}
     refused = inspector(forward, "reindex", "--catalogue", env["MAILLAB_CATALOGUE"])
     assert refused.returncode == 1 and "in use by a running inspector" in refused.stderr, refused.stderr
