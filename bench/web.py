@@ -508,7 +508,6 @@ def wait_latency(
     leads = [acked[index] - waited.began[index] for index in measured if index in waited.began]
     elapsed = max(acked) - start
     return {
-        "messages": count,
         "rate": count / elapsed,
         "answered": len(latencies),
         "measured": len(measured),

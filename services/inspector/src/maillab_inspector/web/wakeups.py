@@ -147,8 +147,9 @@ class Wakeups:
         _wake(self._waiting.get(None, {}), latest)
 
     def _wake_all(self) -> None:
+        everything = self.catalogue.commits.latest + 1  # past what any wait has looked at
         for waiters in self._waiting.values():
-            _wake(waiters, self.catalogue.commits.latest + 1)
+            _wake(waiters, everything)
 
 
 def _wake(waiters: dict[asyncio.Future[None], int], last: int) -> None:
